@@ -1,0 +1,78 @@
+"""The MMS entry point: ``handle(data, context)``, the life of a request.
+
+MMS calls ``handle(None, context)`` once when a worker starts (load), then ``handle(batch, context)`` per request
+batch: decode -> predict -> encode. Errors with a status (:mod:`handler.errors`) are answered per request with a
+JSON body and that status; the worker keeps serving. A ``MemoryError`` propagates so that MMS answers 507.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from handler.codec import decode_request, encode_error, encode_response, response_type
+from handler.errors import HandlerError, ModelLoadError
+from handler.model import TextClassifier, load_model_dir
+from handler.settings import ServingSettings
+
+logger = logging.getLogger(__name__)
+
+# One worker process serves one model: the loaded classifier lives as long as the worker.
+_classifier: TextClassifier | None = None
+_settings: ServingSettings | None = None
+
+
+def _load(context: Any) -> None:
+    global _classifier, _settings
+    _settings = ServingSettings.from_env()
+    logging.getLogger("handler").setLevel(_settings.log_level)
+    model_dir = Path(context.system_properties["model_dir"])
+    try:
+        _classifier = load_model_dir(model_dir, _settings)
+    except ModelLoadError as error:
+        logger.error("cannot load model %s: %s", getattr(context, "model_name", model_dir), error.message)
+        raise
+
+
+def _headers(context: Any, index: int) -> dict[str, str]:
+    properties = context.request_processor[index].get_request_properties() or {}
+    return {str(key).lower(): value for key, value in properties.items() if isinstance(value, str)}
+
+
+def _answer(request: dict[str, Any], headers: dict[str, str], settings: ServingSettings) -> tuple[bytes, str]:
+    """Decode one request, predict, and encode the answer; raises :class:`HandlerError` on bad input."""
+    assert _classifier is not None
+    body = request.get("body")
+    if body is None:
+        body = request.get("data")
+    decoded = decode_request(body, headers.get("content-type"), max_texts=settings.max_texts_per_request)
+    accept = response_type(headers.get("accept"), decoded)
+    predictions = _classifier.predict(decoded.texts)
+    return encode_response(predictions, decoded, accept), accept
+
+
+def handle(data: list[dict[str, Any]] | None, context: Any) -> list[bytes] | None:
+    """MMS's entry point: load on ``None``, else answer every request in ``data``, in order.
+
+    Raises:
+        ModelLoadError: at load, when the model folder is not servable (MMS fails the load).
+        MemoryError: when the model does not fit (MMS answers 507).
+    """
+    if data is None:
+        _load(context)
+        return None
+    if _classifier is None or _settings is None:
+        _load(context)
+    assert _settings is not None
+    responses: list[bytes] = []
+    for index, request in enumerate(data):
+        try:
+            body, content_type = _answer(request, _headers(context, index), _settings)
+        except HandlerError as error:
+            logger.info("request %d rejected with %d: %s", index, error.status, error.message)
+            context.set_response_status(error.status, error.message, index)
+            body, content_type = encode_error(error.message), "application/json"
+        context.set_response_content_type(index, content_type)
+        responses.append(body)
+    return responses

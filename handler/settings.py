@@ -1,0 +1,101 @@
+"""Every tunable of the serving container, read from the environment in one place.
+
+Each field documents its environment variable and default. SageMaker sets the ``SAGEMAKER_*`` variables on a real
+endpoint; the ``MME_*`` ones are ours (the CDK app sets them on the model's container). The path settings exist so
+the same entrypoint runs on a host outside the container, with every file it writes redirected.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+#: The handler MMS calls for every model: ``module:function`` (a function-style handler, see DESIGN.md).
+HANDLER_ENTRY_POINT = "handler.service:handle"
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the container cannot use; the message names it."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={value} must be >= {minimum}")
+    return value
+
+
+def _optional_path(env: Mapping[str, str], name: str) -> Path | None:
+    raw = env.get(name, "").strip()
+    return Path(raw) if raw else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServingSettings:
+    """The container's configuration. Build it with :meth:`from_env`."""
+
+    #: ``SAGEMAKER_BIND_TO_PORT`` (8080): the one port MMS serves inference and management on.
+    port: int = 8080
+    #: ``MME_BIND_HOST`` (``0.0.0.0``): the address MMS listens on; tests and ``mme serve`` use ``127.0.0.1``.
+    bind_host: str = "0.0.0.0"  # noqa: S104 - a container must listen on all interfaces
+    #: ``SAGEMAKER_MODEL_SERVER_WORKERS`` (1): Python worker processes per loaded model. Each holds a whole
+    #: TensorFlow runtime (~650 MB), so more than one rarely pays on a multi-model endpoint.
+    workers_per_model: int = 1
+    #: ``MME_RESPONSE_TIMEOUT_SECONDS`` (60): MMS gives up on a worker after this long; SageMaker's own limit is 60.
+    response_timeout_seconds: int = 60
+    #: ``SAGEMAKER_MAX_PAYLOAD_IN_MB`` (6): the largest request body MMS accepts (SageMaker's limit is 6 MB).
+    max_payload_mb: int = 6
+    #: ``MME_TF_INTRA_OP_THREADS`` (0 = TensorFlow's choice, one per core): threads inside one op, per worker.
+    tf_intra_op_threads: int = 0
+    #: ``MME_TF_INTER_OP_THREADS`` (0 = TensorFlow's choice): ops run in parallel, per worker.
+    tf_inter_op_threads: int = 0
+    #: ``MME_JVM_HEAP`` (``1g``): the MMS front end's Java heap (``-Xmx``); the models live in the Python workers.
+    jvm_heap: str = "1g"
+    #: ``MME_LOG_LEVEL`` (``INFO``): level of the handler's Python logs.
+    log_level: str = "INFO"
+    #: ``MME_MAX_TEXTS_PER_REQUEST`` (64): more texts in one request is a 400, to bound a request's latency.
+    max_texts_per_request: int = 64
+    #: ``MME_DEFAULT_TOKENIZER_DIR`` (unset): tokenizer for archives that ship none (the original ``0/``-only ones).
+    default_tokenizer_dir: Path | None = None
+    #: ``MME_MMS_CONFIG_FILE`` (``/etc/sagemaker-mms.properties``): where the MMS configuration is written.
+    mms_config_file: Path = Path("/etc/sagemaker-mms.properties")
+    #: ``MME_RUN_DIR`` (``/tmp/mme``): MMS logs, pid file, worker sockets and JVM temp files.
+    run_dir: Path = Path("/tmp/mme")  # noqa: S108 - the one writable scratch place every container has
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServingSettings:
+        """Read the settings from ``env`` (default: ``os.environ``).
+
+        Raises:
+            SettingsError: a variable is malformed; the message names it.
+        """
+        env = os.environ if env is None else env
+        log_level = env.get("MME_LOG_LEVEL", "INFO").strip().upper() or "INFO"
+        if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise SettingsError(f"MME_LOG_LEVEL={log_level!r} must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        jvm_heap = env.get("MME_JVM_HEAP", "1g").strip() or "1g"
+        if not (jvm_heap[:-1].isdigit() and jvm_heap[-1].lower() in "kmg"):
+            raise SettingsError(f"MME_JVM_HEAP={jvm_heap!r} must look like 512m or 2g")
+        return cls(
+            port=_int(env, "SAGEMAKER_BIND_TO_PORT", 8080, minimum=1),
+            bind_host=env.get("MME_BIND_HOST", "").strip() or "0.0.0.0",  # noqa: S104
+            workers_per_model=_int(env, "SAGEMAKER_MODEL_SERVER_WORKERS", 1, minimum=1),
+            response_timeout_seconds=_int(env, "MME_RESPONSE_TIMEOUT_SECONDS", 60, minimum=1),
+            max_payload_mb=_int(env, "SAGEMAKER_MAX_PAYLOAD_IN_MB", 6, minimum=1),
+            tf_intra_op_threads=_int(env, "MME_TF_INTRA_OP_THREADS", 0),
+            tf_inter_op_threads=_int(env, "MME_TF_INTER_OP_THREADS", 0),
+            jvm_heap=jvm_heap,
+            log_level=log_level,
+            max_texts_per_request=_int(env, "MME_MAX_TEXTS_PER_REQUEST", 64, minimum=1),
+            default_tokenizer_dir=_optional_path(env, "MME_DEFAULT_TOKENIZER_DIR"),
+            mms_config_file=_optional_path(env, "MME_MMS_CONFIG_FILE") or Path("/etc/sagemaker-mms.properties"),
+            run_dir=_optional_path(env, "MME_RUN_DIR") or Path("/tmp/mme"),  # noqa: S108
+        )

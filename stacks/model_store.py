@@ -1,0 +1,210 @@
+"""The stateful model store: a retained, KMS-encrypted, versioned bucket that holds every model archive.
+
+It lives in its own stack so that destroying the endpoint (to stop paying per hour) never touches a model.
+"""
+
+from __future__ import annotations
+
+from aws_cdk import (
+    Acknowledgment,
+    CfnOutput,
+    Duration,
+    RemovalPolicy,
+    Stack,
+    Validations,
+)
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_ssm as ssm
+from constructs import Construct
+
+from stacks.settings import StageSettings
+
+#: Logical IDs of the stateful resources. They are pinned (tests/stacks/test_model_store.py) because a new logical
+#: ID makes CloudFormation create a new bucket/key and orphan the retained old ones with every model in them.
+MODEL_BUCKET_LOGICAL_ID = "ModelBucket"
+MODEL_KEY_LOGICAL_ID = "ModelStoreKey"
+ACCESS_LOG_BUCKET_LOGICAL_ID = "AccessLogBucket"
+
+
+class ModelStoreRef:
+    """What a consumer of the model store needs: bucket, key and the two prefixes.
+
+    Built from the live `ModelStore` or, in another stack, from the store's SSM parameters (`from_parameters`), so
+    the endpoint stack holds no CloudFormation export of the stateful stack and either can change independently.
+    """
+
+    def __init__(self, *, bucket: s3.IBucket, key: kms.IKey, model_prefix: str, capture_prefix: str) -> None:
+        self.bucket = bucket
+        self.key = key
+        self.model_prefix = model_prefix
+        self.capture_prefix = capture_prefix
+
+    @classmethod
+    def from_parameters(cls, scope: Construct, *, ssm_prefix: str, model_prefix: str, capture_prefix: str) -> ModelStoreRef:
+        """Import the store of a stage through `<ssm_prefix>/bucket` and `<ssm_prefix>/key-arn` (resolved at deploy)."""
+        bucket_name = ssm.StringParameter.value_for_string_parameter(scope, f"{ssm_prefix}/bucket")
+        key_arn = ssm.StringParameter.value_for_string_parameter(scope, f"{ssm_prefix}/key-arn")
+        return cls(
+            bucket=s3.Bucket.from_bucket_name(scope, "ModelBucket", bucket_name),
+            key=kms.Key.from_key_arn(scope, "ModelStoreKey", key_arn),
+            model_prefix=model_prefix,
+            capture_prefix=capture_prefix,
+        )
+
+    @property
+    def model_data_url(self) -> str:
+        """The `ModelDataUrl` of a multi-model container: the S3 prefix (a token until deploy)."""
+        return self.bucket.s3_url_for_object(self.model_prefix)
+
+    def model_objects_arn(self) -> str:
+        """ARN pattern of every object under the model prefix (for s3:GetObject)."""
+        return self.bucket.arn_for_objects(f"{self.model_prefix}*")
+
+    def capture_objects_arn(self) -> str:
+        """ARN pattern of every object under the capture prefix (for s3:PutObject)."""
+        return self.bucket.arn_for_objects(f"{self.capture_prefix}*")
+
+
+class ModelStore(Construct):
+    """Bucket + customer-managed key for model archives, with server access logs to a second retained bucket.
+
+    Props:
+        model_prefix: key prefix of the archives (TargetModel keys are relative to it), e.g. "models/".
+        capture_prefix: key prefix for endpoint data capture; objects under it expire after `capture_retention_days`.
+        capture_retention_days: lifetime of captured request/response files.
+
+    Everything is RETAIN: `cdk destroy` of this stack leaves bucket, key and logs in place.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        model_prefix: str,
+        capture_prefix: str,
+        capture_retention_days: int,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.model_prefix = model_prefix
+        self.capture_prefix = capture_prefix
+
+        self.key = kms.Key(
+            self,
+            "Key",
+            description="Encrypts model archives, captured data and the endpoint's volumes",
+            enable_key_rotation=True,
+            removal_policy=RemovalPolicy.RETAIN,
+        )
+        _pin(self.key, MODEL_KEY_LOGICAL_ID)
+
+        # Server access logs cannot be delivered to a KMS-encrypted bucket, so this one uses SSE-S3.
+        self.access_log_bucket = s3.Bucket(
+            self,
+            "AccessLogs",
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            enforce_ssl=True,
+            versioned=True,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            removal_policy=RemovalPolicy.RETAIN,
+            lifecycle_rules=[
+                s3.LifecycleRule(
+                    id="ExpireOldAccessLogs",
+                    expiration=Duration.days(365),
+                    noncurrent_version_expiration=Duration.days(30),
+                )
+            ],
+        )
+        _pin(self.access_log_bucket, ACCESS_LOG_BUCKET_LOGICAL_ID)
+        Validations.of(self.access_log_bucket).acknowledge(
+            Acknowledgment(
+                id="AwsSolutions-S1",
+                reason="This is the access-log destination itself; logging it to itself would loop.",
+            )
+        )
+
+        self.bucket = s3.Bucket(
+            self,
+            "Bucket",
+            encryption=s3.BucketEncryption.KMS,
+            encryption_key=self.key,
+            bucket_key_enabled=True,  # SageMaker reads many objects; bucket keys cut KMS calls and cost
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            enforce_ssl=True,
+            versioned=True,  # archives are never overwritten; versioning also protects against accidental deletes
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            server_access_logs_bucket=self.access_log_bucket,
+            server_access_logs_prefix="model-bucket/",
+            removal_policy=RemovalPolicy.RETAIN,
+            lifecycle_rules=[
+                s3.LifecycleRule(
+                    id="ExpireCapturedData",
+                    prefix=capture_prefix,
+                    expiration=Duration.days(capture_retention_days),
+                    noncurrent_version_expiration=Duration.days(1),
+                ),
+                s3.LifecycleRule(id="AbortIncompleteUploads", abort_incomplete_multipart_upload_after=Duration.days(7)),
+            ],
+        )
+        _pin(self.bucket, MODEL_BUCKET_LOGICAL_ID)
+        self.ref = ModelStoreRef(
+            bucket=self.bucket, key=self.key, model_prefix=model_prefix, capture_prefix=capture_prefix
+        )
+
+
+def _pin(resource: Construct, logical_id: str) -> None:
+    child = resource.node.default_child
+    assert child is not None and hasattr(child, "override_logical_id")
+    child.override_logical_id(logical_id)
+
+
+class ModelStoreStack(Stack):
+    """Deployment unit for the model store. Stateful: termination protection follows the stage settings.
+
+    Exposes `store`, CloudFormation outputs and SSM parameters (`<ssm_prefix>/bucket`, `<ssm_prefix>/key-arn`,
+    `<ssm_prefix>/model-prefix`): the endpoint stack imports the store through them, and the `mme` CLI finds the
+    bucket through them even while the endpoint stack is destroyed.
+    """
+
+    def __init__(self, scope: Construct, construct_id: str, *, settings: StageSettings, **kwargs: object) -> None:
+        super().__init__(
+            scope,
+            construct_id,
+            termination_protection=settings.termination_protection,
+            description="Model archives for the multi-model endpoint (stateful, retained)",
+            **kwargs,  # type: ignore[arg-type]
+        )
+        self.store = ModelStore(
+            self,
+            "ModelStore",
+            model_prefix=settings.model_prefix,
+            capture_prefix=settings.capture_prefix,
+            capture_retention_days=settings.capture_retention_days,
+        )
+        CfnOutput(self, "ModelBucketName", value=self.store.bucket.bucket_name)
+        CfnOutput(self, "ModelPrefix", value=settings.model_prefix)
+        CfnOutput(self, "ModelDataUrl", value=self.store.ref.model_data_url)
+        # Parameter names are a contract with the `mme` CLI, hence fixed (per stage) rather than generated.
+        ssm.StringParameter(
+            self,
+            "BucketParameter",
+            parameter_name=f"{settings.ssm_prefix}/bucket",
+            string_value=self.store.bucket.bucket_name,
+            description="Model store bucket of this stage",
+        )
+        ssm.StringParameter(
+            self,
+            "KeyArnParameter",
+            parameter_name=f"{settings.ssm_prefix}/key-arn",
+            string_value=self.store.key.key_arn,
+            description="KMS key of the model store bucket",
+        )
+        ssm.StringParameter(
+            self,
+            "ModelPrefixParameter",
+            parameter_name=f"{settings.ssm_prefix}/model-prefix",
+            string_value=settings.model_prefix,
+            description="Key prefix of the model archives (TargetModel is relative to it)",
+        )

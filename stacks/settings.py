@@ -1,0 +1,334 @@
+"""Typed, validated settings for the CDK app.
+
+The only place that knows the shape of the `cdk.json` context. `app.py` calls `load_app_settings` once with the
+whole context; everything below it receives frozen dataclasses and never reads context or the environment itself.
+
+Context layout (every stage key is optional; defaults are the dataclass field defaults below)::
+
+    "repository": "owner/repo",          # CodeStar connection repository; "" = no pipeline (direct deploy)
+    "branch": "main",
+    "connection_arn": "arn:aws:codeconnections:<region>:<account>:connection/<id>",
+    "stages": {                          # deployment order for the pipeline
+        "dev": {"instance_type": "ml.m5.large"},
+        "prod": {"min_instance_count": 2, "max_instance_count": 4}
+    }
+
+A bad value raises `SettingsError` whose message names the offending key and what is allowed, so `cdk synth`
+fails before anything is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+INSTANCE_TYPE_PATTERN = re.compile(r"^ml\.[a-z][a-z0-9-]*\.(medium|large|xlarge|[1-9][0-9]*xlarge)$")
+STAGE_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
+CONNECTION_ARN_PATTERN = re.compile(
+    r"^arn:aws[a-z-]*:(codestar-connections|codeconnections):[a-z0-9-]+:\d{12}:connection/[A-Za-z0-9-]+$"
+)
+REPOSITORY_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+$")
+ACCOUNT_PATTERN = re.compile(r"^(\d{12})?$")
+REGION_PATTERN = re.compile(r"^([a-z]{2}(-[a-z]+)+-\d)?$")
+JVM_HEAP_PATTERN = re.compile(r"^[1-9][0-9]*[kKmMgG]$")
+PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*/$")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+MODEL_CACHE_SETTINGS = ("Enabled", "Disabled")
+SSM_PREFIX_PATTERN = re.compile(r"^(/[A-Za-z0-9_.-]+)+$")
+TARGET_MODEL_PATTERN = re.compile(r"^([A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*)?$")
+EMAIL_PATTERN = re.compile(r"^([^@\s]+@[^@\s]+\.[^@\s]+)?$")
+
+#: Keys whose default differs per stage name (a stage called "prod" is protected and gated by default).
+PROD_STAGE_DEFAULTS: dict[str, Any] = {"termination_protection": True, "require_approval": True}
+
+
+class SettingsError(ValueError):
+    """A context value is unknown, malformed or conflicts with another; the message names the key."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageSettings:
+    """Everything that varies between deployment stages (dev, prod, ...). Field defaults are the documented defaults.
+
+    Raises `SettingsError` from `__post_init__` when a value is out of range; the message names `stages.<name>.<key>`.
+    """
+
+    #: Stage name: lower-case, used in construct ids, stack names and the SSM parameter prefix.
+    name: str
+    #: Target account and region; "" = the CLI's current credentials (CDK_DEFAULT_ACCOUNT / CDK_DEFAULT_REGION).
+    account: str = ""
+    region: str = ""
+    #: CloudFormation termination protection on both stacks of the stage (default True for a stage named "prod").
+    termination_protection: bool = False
+    #: Pipeline only: a manual approval before this stage deploys (default True for a stage named "prod").
+    require_approval: bool = False
+
+    # --- model store -------------------------------------------------------------------------------------------
+    #: Key prefix that holds the model archives; TargetModel "x.tar.gz" is the object `<model_prefix>x.tar.gz`.
+    model_prefix: str = "models/"
+    #: Key prefix that receives data capture files when `data_capture_percent` > 0.
+    capture_prefix: str = "capture/"
+    #: Days before captured request/response files expire (they are not models; they need no retention).
+    capture_retention_days: int = 30
+
+    # --- endpoint ----------------------------------------------------------------------------------------------
+    instance_type: str = "ml.m5.large"
+    initial_instance_count: int = 1
+    min_instance_count: int = 1
+    max_instance_count: int = 2
+    #: EBS volume per instance in GB, encrypted with the store's key; 0 = the instance type has NVMe instance storage
+    #: (ml.*d.*, g4dn, g5, ...), where SageMaker refuses both a volume size and a volume KMS key.
+    volume_size_gb: int = 30
+    model_download_timeout_seconds: int = 600
+    startup_health_check_timeout_seconds: int = 600
+    #: MultiModelConfig.ModelCacheSetting: "Disabled" only when every request uses a different model.
+    model_cache: str = "Enabled"
+    #: Percentage of requests captured to `capture_prefix`; 0 = data capture off.
+    data_capture_percent: int = 0
+
+    # --- autoscaling -------------------------------------------------------------------------------------------
+    target_invocations_per_instance: int = 200
+    #: Target-tracking on the instances' MemoryUtilization (percent); 0 = no memory policy.
+    target_memory_utilization_percent: int = 75
+    scale_in_cooldown_seconds: int = 600
+    scale_out_cooldown_seconds: int = 120
+
+    # --- container tunables (environment of the model container; see the container's README) -----------------
+    server_workers: int = 1
+    max_payload_mb: int = 6
+    response_timeout_seconds: int = 60
+    tf_intra_op_threads: int = 0
+    tf_inter_op_threads: int = 0
+    jvm_heap: str = "1g"
+    log_level: str = "INFO"
+    max_texts_per_request: int = 64
+
+    # --- monitoring --------------------------------------------------------------------------------------------
+    #: "" = no SNS topic; otherwise alarms notify a KMS-encrypted topic with this email subscribed.
+    alarm_email: str = ""
+    alarm_5xx_errors: int = 5
+    #: ModelLoadingWaitTime p99 threshold, in seconds (the metric is in microseconds).
+    alarm_model_loading_wait_seconds: int = 20
+    #: Model unloads (ModelUnloadingTime sample count) per 5 minutes before the cache is considered thrashing.
+    alarm_model_unloads: int = 20
+    #: ModelCacheHit average below this percentage alarms.
+    alarm_cache_hit_percent: int = 50
+    alarm_memory_utilization_percent: int = 90
+    #: OverheadLatency p99 threshold, in milliseconds (the metric is in microseconds).
+    alarm_overhead_latency_ms: int = 200
+
+    # --- discovery and pipeline --------------------------------------------------------------------------------
+    #: SSM parameter path prefix for endpoint name, bucket and prefix (read by the `mme` CLI); "" = /mme/<name>.
+    ssm_prefix: str = ""
+    #: Pipeline only: TargetModel the post-deploy smoke test invokes; "" = no smoke test for this stage.
+    smoke_test_target_model: str = "sentiment.tar.gz"
+
+    def __post_init__(self) -> None:
+        if not self.ssm_prefix:
+            object.__setattr__(self, "ssm_prefix", f"/mme/{self.name}")
+        _validate_stage(self)
+
+    def container_environment(self) -> dict[str, str]:
+        """Environment of the model container; names are the container's contract (handler/settings.py)."""
+        return {
+            "SAGEMAKER_MODEL_SERVER_WORKERS": str(self.server_workers),
+            "SAGEMAKER_MAX_PAYLOAD_IN_MB": str(self.max_payload_mb),
+            "MME_RESPONSE_TIMEOUT_SECONDS": str(self.response_timeout_seconds),
+            "MME_TF_INTRA_OP_THREADS": str(self.tf_intra_op_threads),
+            "MME_TF_INTER_OP_THREADS": str(self.tf_inter_op_threads),
+            "MME_JVM_HEAP": self.jvm_heap,
+            "MME_LOG_LEVEL": self.log_level,
+            "MME_MAX_TEXTS_PER_REQUEST": str(self.max_texts_per_request),
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class PipelineSettings:
+    """Where the pipeline reads the source. `enabled` is False when no repository/connection is configured."""
+
+    repository: str = ""
+    branch: str = "main"
+    connection_arn: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        """True when the app should synthesize the CDK Pipelines stack instead of the stages directly."""
+        return bool(self.repository)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AppSettings:
+    """The whole app's configuration: the pipeline source and the stages in deployment order."""
+
+    pipeline: PipelineSettings
+    stages: tuple[StageSettings, ...] = field(default_factory=tuple)
+
+
+_STAGE_FIELDS = {f.name: f for f in dataclasses.fields(StageSettings) if f.name != "name"}
+
+
+def _fail(key: str, allowed: str, value: object) -> SettingsError:
+    return SettingsError(f"context key {key!r}: got {value!r}; allowed: {allowed}")
+
+
+def _check_int(stage: StageSettings, key: str, low: int, high: int) -> None:
+    value = getattr(stage, key)
+    # bool is an int subclass; `true` for a count is a typo, not 1.
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _fail(f"stages.{stage.name}.{key}", f"an integer from {low} to {high}", value)
+
+
+def _check_match(stage: StageSettings, key: str, pattern: re.Pattern[str], allowed: str) -> None:
+    value = getattr(stage, key)
+    if not isinstance(value, str) or not pattern.match(value):
+        raise _fail(f"stages.{stage.name}.{key}", allowed, value)
+
+
+def _check_choice(stage: StageSettings, key: str, choices: tuple[str, ...]) -> None:
+    value = getattr(stage, key)
+    if value not in choices:
+        raise _fail(f"stages.{stage.name}.{key}", " | ".join(choices), value)
+
+
+def _validate_stage(s: StageSettings) -> None:
+    if not isinstance(s.name, str) or not STAGE_NAME_PATTERN.match(s.name):
+        raise _fail("stages.<name>", "lower-case letters, digits and '-', starting with a letter, <= 20 chars", s.name)
+    p = f"stages.{s.name}"
+    _check_match(s, "account", ACCOUNT_PATTERN, '"" or a 12-digit account id')
+    _check_match(s, "region", REGION_PATTERN, '"" or a region name such as "eu-west-1"')
+    for key in ("termination_protection", "require_approval"):
+        if not isinstance(getattr(s, key), bool):
+            raise _fail(f"{p}.{key}", "true | false", getattr(s, key))
+    _check_match(s, "model_prefix", PREFIX_PATTERN, 'an S3 key prefix ending in "/", no leading "/", e.g. "models/"')
+    _check_match(s, "capture_prefix", PREFIX_PATTERN, 'an S3 key prefix ending in "/", e.g. "capture/"')
+    if s.model_prefix.startswith(s.capture_prefix) or s.capture_prefix.startswith(s.model_prefix):
+        raise SettingsError(
+            f"context keys {p}.model_prefix ({s.model_prefix!r}) and {p}.capture_prefix ({s.capture_prefix!r}) "
+            "overlap; allowed: two disjoint prefixes (captured data must never be readable as a model)"
+        )
+    _check_int(s, "capture_retention_days", 1, 3650)
+    _check_match(
+        s, "instance_type", INSTANCE_TYPE_PATTERN, 'a SageMaker instance type "ml.<family>.<size>", e.g. "ml.m5.large"'
+    )
+    _check_int(s, "initial_instance_count", 1, 100)
+    _check_int(s, "min_instance_count", 1, 100)
+    _check_int(s, "max_instance_count", 1, 100)
+    if s.min_instance_count > s.max_instance_count:
+        raise SettingsError(
+            f"context keys {p}.min_instance_count ({s.min_instance_count}) > {p}.max_instance_count "
+            f"({s.max_instance_count}); allowed: min_instance_count <= max_instance_count"
+        )
+    if not s.min_instance_count <= s.initial_instance_count <= s.max_instance_count:
+        raise SettingsError(
+            f"context key {p}.initial_instance_count: got {s.initial_instance_count}; allowed: an integer from "
+            f"min_instance_count ({s.min_instance_count}) to max_instance_count ({s.max_instance_count})"
+        )
+    if s.volume_size_gb != 0:
+        _check_int(s, "volume_size_gb", 1, 512)
+    _check_int(s, "model_download_timeout_seconds", 60, 3600)
+    _check_int(s, "startup_health_check_timeout_seconds", 60, 3600)
+    _check_choice(s, "model_cache", MODEL_CACHE_SETTINGS)
+    _check_int(s, "data_capture_percent", 0, 100)
+    _check_int(s, "target_invocations_per_instance", 1, 1_000_000)
+    if s.target_memory_utilization_percent != 0:
+        _check_int(s, "target_memory_utilization_percent", 10, 95)
+    _check_int(s, "scale_in_cooldown_seconds", 0, 3600)
+    _check_int(s, "scale_out_cooldown_seconds", 0, 3600)
+    _check_int(s, "server_workers", 1, 64)
+    _check_int(s, "max_payload_mb", 1, 6)  # SageMaker's own request limit is 6 MB
+    _check_int(s, "response_timeout_seconds", 1, 60)  # SageMaker stops waiting after 60 s
+    _check_int(s, "tf_intra_op_threads", 0, 256)
+    _check_int(s, "tf_inter_op_threads", 0, 256)
+    _check_match(s, "jvm_heap", JVM_HEAP_PATTERN, 'a JVM size such as "512m" or "1g"')
+    _check_choice(s, "log_level", LOG_LEVELS)
+    _check_int(s, "max_texts_per_request", 1, 10_000)
+    _check_match(s, "alarm_email", EMAIL_PATTERN, '"" or an email address')
+    _check_int(s, "alarm_5xx_errors", 1, 1_000_000)
+    _check_int(s, "alarm_model_loading_wait_seconds", 1, 3600)
+    _check_int(s, "alarm_model_unloads", 1, 1_000_000)
+    _check_int(s, "alarm_cache_hit_percent", 1, 100)
+    _check_int(s, "alarm_memory_utilization_percent", 10, 100)
+    _check_int(s, "alarm_overhead_latency_ms", 1, 60_000)
+    _check_match(s, "ssm_prefix", SSM_PREFIX_PATTERN, 'an SSM path such as "/mme/dev" (no trailing "/")')
+    _check_match(
+        s, "smoke_test_target_model", TARGET_MODEL_PATTERN, '"" or a key relative to model_prefix, e.g. "sentiment.tar.gz"'
+    )
+
+
+def _stage_from_context(name: str, raw: object) -> StageSettings:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise _fail(f"stages.{name}", "an object of stage settings", raw)
+    unknown = sorted(set(raw) - set(_STAGE_FIELDS))
+    if unknown:
+        raise _fail(f"stages.{name}.{unknown[0]}", "one of " + ", ".join(sorted(_STAGE_FIELDS)), "unknown key")
+    values: dict[str, Any] = {}
+    if name == "prod":
+        values.update(PROD_STAGE_DEFAULTS)
+    values.update(raw)
+    for key, value in values.items():
+        default = _STAGE_FIELDS[key].default
+        # `-c` values and hand-edited JSON both arrive here; keep the types strict so typos fail loudly.
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise _fail(f"stages.{name}.{key}", "true | false", value)
+        if isinstance(default, int) and not isinstance(default, bool) and (
+            isinstance(value, bool) or not isinstance(value, int)
+        ):
+            raise _fail(f"stages.{name}.{key}", "an integer", value)
+        if isinstance(default, str) and not isinstance(value, str):
+            raise _fail(f"stages.{name}.{key}", "a string", value)
+    return StageSettings(name=name, **values)
+
+
+def load_app_settings(context: Mapping[str, Any]) -> AppSettings:
+    """Build and validate the app's settings from the CDK context (the `context` of cdk.json plus `-c` values).
+
+    Only the keys `repository`, `branch`, `connection_arn` and `stages` are ours; keys containing ":" (feature
+    flags, `aws-cdk:*`, `@aws-cdk/*`) are the CDK's and ignored. `stages` may be a JSON string (from `-c`).
+    Raises `SettingsError` naming the key and the allowed values.
+    """
+    repository = context.get("repository", "") or ""
+    branch = context.get("branch", "main") or "main"
+    connection_arn = context.get("connection_arn", "") or ""
+    for key, value in (("repository", repository), ("branch", branch), ("connection_arn", connection_arn)):
+        if not isinstance(value, str):
+            raise _fail(key, "a string", value)
+    if repository and not REPOSITORY_PATTERN.match(repository):
+        raise _fail("repository", '"" (no pipeline) or "owner/name" as the connection provider spells it', repository)
+    if repository and not CONNECTION_ARN_PATTERN.match(connection_arn):
+        raise _fail(
+            "connection_arn",
+            "the ARN of an AVAILABLE CodeStar/CodeConnections connection "
+            "(arn:aws:codeconnections:<region>:<account>:connection/<id>) when 'repository' is set",
+            connection_arn,
+        )
+    if connection_arn and not repository:
+        raise _fail("repository", '"owner/name" when connection_arn is set', repository)
+
+    raw_stages = context.get("stages", {"dev": {}})
+    if isinstance(raw_stages, str):
+        try:
+            raw_stages = json.loads(raw_stages)
+        except json.JSONDecodeError as exc:
+            raise _fail("stages", f"a JSON object of stage name -> settings ({exc.msg})", raw_stages) from exc
+    if not isinstance(raw_stages, Mapping) or not raw_stages:
+        raise _fail("stages", 'a non-empty object such as {"dev": {}, "prod": {}}', raw_stages)
+    stages = tuple(_stage_from_context(name, raw) for name, raw in raw_stages.items())
+    return AppSettings(
+        pipeline=PipelineSettings(repository=repository, branch=branch, connection_arn=connection_arn),
+        stages=stages,
+    )
+
+
+__all__ = [
+    "AppSettings",
+    "PipelineSettings",
+    "SettingsError",
+    "StageSettings",
+    "load_app_settings",
+]

@@ -9,7 +9,7 @@ Model folder (an extracted ``<name>.tar.gz``):
   ``serving_default`` signature (a SavedModel at the root is accepted too);
 - the tokenizer saved with transformers' ``save_pretrained``, at the root or in ``tokenizer/``; archives without
   one use the container-wide default tokenizer (``MME_DEFAULT_TOKENIZER_DIR``);
-- optionally ``manifest.json``, see :class:`Manifest`.
+- optionally ``mme.json``, see :class:`Manifest`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_FILE = "manifest.json"
+# Not "manifest.json": MMS takes a root MANIFEST.json, in any case, for a legacy MMS manifest and fails the load.
+MANIFEST_FILE = "mme.json"
 SIGNATURE = "serving_default"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 _DEFAULT_MAX_SEQUENCE_LENGTH = 128
@@ -56,7 +57,7 @@ class TextClassifier(Protocol):
 
 @dataclass(frozen=True, kw_only=True)
 class Manifest:
-    """``manifest.json`` at the archive root; every field is optional.
+    """``mme.json`` at the archive root; every field is optional.
 
     - ``labels`` (default ``LABEL_0`` ... ``LABEL_{n-1}``): class names in logit order.
     - ``max_sequence_length`` (default 128, or less if the tokenizer's own limit is lower): tokens per text;
@@ -73,7 +74,7 @@ class Manifest:
 
     @classmethod
     def read(cls, model_dir: Path) -> Manifest:
-        """Read and validate ``model_dir/manifest.json``; a missing file gives all defaults.
+        """Read and validate ``model_dir/mme.json``; a missing file gives all defaults.
 
         Raises:
             ModelLoadError: the file is not JSON, has unknown keys or a mistyped value.
@@ -282,7 +283,7 @@ def load_model_dir(model_dir: Path, settings: ServingSettings) -> TensorFlowText
     if missing or not input_names:
         raise ModelLoadError(
             f"the {SIGNATURE!r} signature takes {sorted(signature_inputs)}, not the inputs {list(input_names)}; "
-            "name them with input_names in manifest.json"
+            "name them with input_names in mme.json"
         )
     outputs = signature.structured_outputs
     output_name = manifest.output_name or ("logits" if "logits" in outputs else None)
@@ -291,7 +292,7 @@ def load_model_dir(model_dir: Path, settings: ServingSettings) -> TensorFlowText
     if output_name not in outputs:
         raise ModelLoadError(
             f"the {SIGNATURE!r} signature outputs {sorted(outputs)}: none is 'logits'; "
-            "name the logits with output_name in manifest.json"
+            "name the logits with output_name in mme.json"
         )
     num_labels = outputs[output_name].shape[-1]
 
@@ -306,10 +307,10 @@ def load_model_dir(model_dir: Path, settings: ServingSettings) -> TensorFlowText
     labels = manifest.labels
     if labels is None:
         if num_labels is None:
-            raise ModelLoadError(f"the output {output_name!r} has no static class size: list labels in manifest.json")
+            raise ModelLoadError(f"the output {output_name!r} has no static class size: list labels in mme.json")
         labels = tuple(f"LABEL_{i}" for i in range(num_labels))
     elif num_labels is not None and len(labels) != num_labels:
-        raise ModelLoadError(f"manifest.json lists {len(labels)} labels but the model outputs {num_labels} logits")
+        raise ModelLoadError(f"mme.json lists {len(labels)} labels but the model outputs {num_labels} logits")
 
     classifier = TensorFlowTextClassifier(
         saved_model=loaded,
@@ -327,6 +328,10 @@ def load_model_dir(model_dir: Path, settings: ServingSettings) -> TensorFlowText
         raise ModelLoadError(f"the model gave {len(warm_up[0])} logits for {len(labels)} labels")
     logger.info(
         "loaded %s: SavedModel %s, tokenizer %s, labels %s, inputs %s",
-        model_dir, saved_model_dir.name, tokenizer_dir, list(labels), list(input_names),
+        model_dir,
+        saved_model_dir.name,
+        tokenizer_dir,
+        list(labels),
+        list(input_names),
     )
     return classifier

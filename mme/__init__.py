@@ -1,0 +1,1 @@
+"""The `mme` tooling: demo models, model archives, and the local container and endpoint."""

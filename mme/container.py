@@ -1,0 +1,232 @@
+"""Running the serving container's own entrypoint on this host, and talking to it with the MME container API.
+
+:class:`LocalContainer` starts ``python -m handler.serve`` (the code path of the image's ``serve``) on a loopback
+port with every path redirected into a run folder, and stops it without leaving an MMS or worker process behind.
+:class:`ContainerClient` speaks the SageMaker multi-model container contract (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import psutil
+import requests
+
+logger = logging.getLogger(__name__)
+
+
+class ContainerError(RuntimeError):
+    """The container did not start, or answered a management call with an unexpected status."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now, below Linux's ephemeral range.
+
+    MMS refuses ports it considers invalid (54361 was refused here), and ports below the ephemeral range cannot be
+    taken by some client's outgoing connection in the meantime.
+    """
+    candidates = list(range(20000, 32000))
+    random.shuffle(candidates)
+    for port in candidates:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise ContainerError("no free TCP port between 20000 and 32000")
+
+
+def processes_under(run_dir: Path) -> list[psutil.Process]:
+    """Processes whose command line mentions ``run_dir``: the MMS front end and its workers (their sockets and
+    temp folder live there)."""
+    marker = str(run_dir)
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            cmdline = process.info["cmdline"] or []
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if any(marker in part for part in cmdline) and process.pid != os.getpid():
+            found.append(process)
+    return found
+
+
+@dataclass(frozen=True)
+class Response:
+    """An HTTP answer from the container."""
+
+    status: int
+    body: bytes
+    content_type: str
+
+    def json(self) -> Any:
+        """The body parsed as JSON."""
+        import json
+
+        return json.loads(self.body)
+
+
+class ContainerClient:
+    """The SageMaker multi-model container API of one server (``GET /ping``, ``/models``, ``invoke``)."""
+
+    def __init__(self, base_url: str, *, timeout: float = 120.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._timeout = timeout
+        self._session = requests.Session()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Response:
+        answer = self._session.request(method, self.base_url + path, timeout=self._timeout, **kwargs)
+        return Response(answer.status_code, answer.content, answer.headers.get("Content-Type", ""))
+
+    def ping(self) -> Response:
+        return self._call("GET", "/ping")
+
+    def load(self, model_name: str, url: str | Path) -> Response:
+        """``POST /models``: 200 when ready, 409 already loaded, 404 bad url, 507 out of memory."""
+        return self._call("POST", "/models", json={"model_name": model_name, "url": str(url)})
+
+    def unload(self, model_name: str) -> Response:
+        return self._call("DELETE", f"/models/{model_name}")
+
+    def describe(self, model_name: str) -> Response:
+        return self._call("GET", f"/models/{model_name}")
+
+    def list_models(self, *, limit: int | None = None, next_page_token: str | None = None) -> Response:
+        params: dict[str, str | int] = {}
+        if limit is not None:
+            params["limit"] = limit
+        if next_page_token is not None:
+            params["next_page_token"] = next_page_token
+        return self._call("GET", "/models", params=params)
+
+    def invoke(
+        self,
+        model_name: str,
+        body: bytes | str,
+        *,
+        content_type: str = "application/json",
+        accept: str | None = None,
+    ) -> Response:
+        headers = {"Content-Type": content_type}
+        if accept is not None:
+            headers["Accept"] = accept
+        return self._call("POST", f"/models/{model_name}/invoke", data=body, headers=headers)
+
+    def close(self) -> None:
+        self._session.close()
+
+
+class LocalContainer:
+    """The container's entrypoint running as a supervised child process on this host.
+
+    Use as a context manager, or call :meth:`start` and :meth:`stop`. ``environment`` adds container tunables
+    (``MME_*``, ``SAGEMAKER_*``) on top of the redirections this class sets.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        port: int | None = None,
+        environment: Mapping[str, str] | None = None,
+        startup_timeout: float = 120.0,
+    ) -> None:
+        self.run_dir = run_dir.resolve()
+        self.port = port or free_port()
+        self._environment = dict(environment or {})
+        self._startup_timeout = startup_timeout
+        self._process: subprocess.Popen[bytes] | None = None
+        self.client = ContainerClient(f"http://127.0.0.1:{self.port}")
+
+    @property
+    def log_file(self) -> Path:
+        """Everything the entrypoint, MMS and the workers print."""
+        return self.run_dir / "serve.log"
+
+    def start(self) -> LocalContainer:
+        """Start the entrypoint and wait until ``GET /ping`` answers 200.
+
+        Raises:
+            ContainerError: the server exited or did not answer within the startup timeout.
+        """
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ,
+            **self._environment,
+            "SAGEMAKER_BIND_TO_PORT": str(self.port),
+            "MME_BIND_HOST": "127.0.0.1",
+            "MME_RUN_DIR": str(self.run_dir),
+            "MME_MMS_CONFIG_FILE": str(self.run_dir / "mms.properties"),
+        }
+        with self.log_file.open("ab") as log:
+            # A session of its own, so stopping reaches every process the server started.
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "handler.serve"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + self._startup_timeout
+        while time.monotonic() < deadline:
+            returncode = self._process.poll()
+            if returncode is not None:
+                self.stop()
+                raise ContainerError(f"the server exited with {returncode}; see {self.log_file}")
+            try:
+                if self.client.ping().status == 200:
+                    logger.info("container ready on port %d", self.port)
+                    return self
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.25)
+        self.stop()
+        raise ContainerError(f"no answer to /ping within {self._startup_timeout:.0f} s; see {self.log_file}")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the server (SIGTERM, then SIGKILL) and make sure no MMS front end or worker is left."""
+        self.client.close()
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                logger.warning("the server ignored SIGTERM for %.0f s; killing it", timeout)
+        if process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        # Workers that MMS left blocked (DESIGN.md) and anything outside the session still hold the run folder.
+        leftovers = processes_under(self.run_dir)
+        for leftover in leftovers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                leftover.kill()
+        psutil.wait_procs(leftovers, timeout=timeout)
+
+    def __enter__(self) -> LocalContainer:
+        return self.start()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def log_lines(self) -> Iterator[str]:
+        """The server's log so far, line by line."""
+        if self.log_file.exists():
+            yield from self.log_file.read_text(errors="replace").splitlines()

@@ -1,0 +1,77 @@
+"""Fixtures shared by every layer: the demo model archives, and small SavedModels built in code."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+
+DEMO_NAMES = ("sentiment", "topic")
+
+
+@pytest.fixture(scope="session")
+def demo_archives(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``{"sentiment": .../sentiment.tar.gz, "topic": .../topic.tar.gz}``, trained once per session.
+
+    ``MME_TEST_DEMO_MODELS`` may name a folder that already holds both (from ``mme demo-models``) to skip training
+    while iterating; CI trains them.
+    """
+    cached = os.environ.get("MME_TEST_DEMO_MODELS")
+    if cached:
+        archives = {name: Path(cached) / f"{name}.tar.gz" for name in DEMO_NAMES}
+        if all(path.is_file() for path in archives.values()):
+            return archives
+    from mme.archive import write_archive
+    from mme.demo_models import DEMO_MODELS, train_demo_model
+
+    out = tmp_path_factory.mktemp("demo-archives")
+    archives = {}
+    for spec in DEMO_MODELS:
+        trained = train_demo_model(spec, tmp_path_factory.mktemp(f"train-{spec.name}"))
+        archives[spec.name] = write_archive(trained.model_dir, out / f"{spec.name}.tar.gz")
+    return archives
+
+
+@pytest.fixture(scope="session")
+def demo_model_dirs(demo_archives: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The demo archives extracted, one folder each (what SageMaker hands the container)."""
+    root = tmp_path_factory.mktemp("demo-models")
+    dirs = {}
+    for name, archive in demo_archives.items():
+        with tarfile.open(archive) as tar:
+            tar.extractall(root / name, filter="data")
+        dirs[name] = root / name
+    return dirs
+
+
+def copy_tokenizer(model_dir: Path, destination: Path) -> Path:
+    """Copy the tokenizer files (everything but the SavedModel and manifest) of a model folder."""
+    destination.mkdir(parents=True, exist_ok=True)
+    for item in model_dir.iterdir():
+        if item.is_file() and item.name != "mme.json":
+            shutil.copy2(item, destination / item.name)
+    return destination
+
+
+@pytest.fixture(scope="session")
+def oom_model_dir(demo_model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model whose signature asks TensorFlow for a 4 TiB tensor: loading it (the warm-up) runs out of memory."""
+    import tensorflow as tf
+
+    class Greedy(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.int32)])
+        def serve(self, input_ids: tf.Tensor, attention_mask: tf.Tensor) -> dict[str, tf.Tensor]:
+            # The size depends on the input, so nothing is allocated (or folded) when the graph is saved.
+            rows = tf.shape(input_ids)[0] * (2**30)
+            huge = tf.zeros(tf.stack([rows, 1024]), tf.float32)
+            total = tf.reduce_sum(huge) + tf.cast(tf.reduce_sum(attention_mask), tf.float32)
+            return {"logits": tf.fill(tf.stack([tf.shape(input_ids)[0], 2]), total)}
+
+    root = tmp_path_factory.mktemp("oom-model")
+    module = Greedy()
+    tf.saved_model.save(module, str(root / "0"), signatures={"serving_default": module.serve})
+    copy_tokenizer(demo_model_dirs["sentiment"], root)
+    return root

@@ -1,0 +1,111 @@
+"""Loading model folders and predicting in process: the handler's model interface, without MMS."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import tensorflow as tf
+from conftest import copy_tokenizer
+
+from handler.errors import ModelLoadError, ModelOutOfMemoryError
+from handler.model import find_saved_model, load_model_dir
+from handler.settings import ServingSettings
+
+SETTINGS = ServingSettings()
+
+
+@pytest.fixture(scope="module")
+def sentiment(demo_model_dirs: dict[str, Path]):
+    return load_model_dir(demo_model_dirs["sentiment"], SETTINGS)
+
+
+def test_demo_model_predicts_unambiguous_sentiment(sentiment) -> None:
+    good, bad = sentiment.predict(["I loved it, a wonderful film", "awful, I hated every minute of it"])
+    assert (good.label, bad.label) == ("positive", "negative")
+    assert set(good.scores) == {"negative", "positive"}
+    assert sum(good.scores.values()) == pytest.approx(1.0)
+    assert len(good.logits) == 2
+
+
+def test_batch_and_single_predictions_agree(sentiment) -> None:
+    texts = ["great", "a long and rather boring evening that I would not repeat"]
+    batch = sentiment.predict(texts)
+    alone = [sentiment.predict([text])[0] for text in texts]
+    for together, single in zip(batch, alone, strict=True):
+        assert together.logits == pytest.approx(single.logits, abs=1e-4)
+
+
+def test_highest_numeric_version_folder_is_served(tmp_path: Path, demo_model_dirs: dict[str, Path]) -> None:
+    model = tmp_path / "m"
+    shutil.copytree(demo_model_dirs["sentiment"], model)
+    shutil.copytree(model / "0", model / "7")
+    (model / "12").mkdir()  # no SavedModel inside: not a version
+    assert find_saved_model(model) == model / "7"
+
+
+def test_original_zero_only_archive_uses_the_default_tokenizer(
+    tmp_path: Path, demo_model_dirs: dict[str, Path]
+) -> None:
+    original = tmp_path / "original"
+    shutil.copytree(demo_model_dirs["sentiment"] / "0", original / "0")
+    shutil.copy2(demo_model_dirs["sentiment"] / "mme.json", original / "mme.json")
+    with pytest.raises(ModelLoadError, match="no tokenizer"):
+        load_model_dir(original, SETTINGS)
+    default_tokenizer = copy_tokenizer(demo_model_dirs["sentiment"], tmp_path / "default-tokenizer")
+    classifier = load_model_dir(original, ServingSettings(default_tokenizer_dir=default_tokenizer))
+    assert classifier.predict(["I loved it, wonderful"])[0].label == "positive"
+
+
+def test_tokenizer_in_a_tokenizer_folder_is_found(tmp_path: Path, demo_model_dirs: dict[str, Path]) -> None:
+    model = tmp_path / "m"
+    shutil.copytree(demo_model_dirs["sentiment"] / "0", model / "0")
+    copy_tokenizer(demo_model_dirs["sentiment"], model / "tokenizer")
+    assert load_model_dir(model, SETTINGS).labels == ("LABEL_0", "LABEL_1")
+
+
+def test_folder_without_saved_model_names_what_is_missing(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("nothing to serve")
+    with pytest.raises(ModelLoadError, match=r"no TensorFlow SavedModel .* 0/saved_model.pb"):
+        load_model_dir(tmp_path, SETTINGS)
+
+
+def test_saved_model_without_serving_signature_is_a_load_error(
+    tmp_path: Path, demo_model_dirs: dict[str, Path]
+) -> None:
+    module = tf.Module()
+    module.weight = tf.Variable(1.0)
+    tf.saved_model.save(module, str(tmp_path / "0"))
+    copy_tokenizer(demo_model_dirs["sentiment"], tmp_path)
+    with pytest.raises(ModelLoadError, match="no 'serving_default' signature"):
+        load_model_dir(tmp_path, SETTINGS)
+
+
+@pytest.mark.parametrize(
+    ("manifest", "fragment"),
+    [
+        ({"labels": ["only-one"]}, "lists 1 labels but the model outputs 2"),
+        ({"labels": "negative"}, "'labels' must be a non-empty list"),
+        ({"max_sequence_length": 0}, "'max_sequence_length' must be an integer >= 2"),
+        ({"input_names": ["input_ids", "pixels"]}, "not the inputs"),
+        ({"output_name": "probabilities"}, "none is 'logits'"),
+        ({"colour": "blue"}, "unknown keys ['colour']"),
+    ],
+)
+def test_bad_manifest_is_a_load_error_naming_the_key(
+    tmp_path: Path, demo_model_dirs: dict[str, Path], manifest: dict[str, object], fragment: str
+) -> None:
+    model = tmp_path / "m"
+    shutil.copytree(demo_model_dirs["sentiment"], model)
+    (model / "mme.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelLoadError) as caught:
+        load_model_dir(model, SETTINGS)
+    assert fragment in caught.value.message
+
+
+def test_resource_exhausted_at_load_becomes_memory_error(oom_model_dir: Path) -> None:
+    with pytest.raises(ModelOutOfMemoryError) as caught:
+        load_model_dir(oom_model_dir, SETTINGS)
+    assert isinstance(caught.value, MemoryError)

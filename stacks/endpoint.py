@@ -114,8 +114,11 @@ class MultiModelEndpoint(Construct):
                 environment=settings.container_environment(),
             ),
         )
-        # CreateModel checks the role can pull the image, so the policy must exist first.
-        model.node.add_dependency(self.role)
+        # CreateModel checks the role can pull the image, so the role's policy must exist first (the role itself is
+        # already ordered by the GetAtt on its ARN).
+        policy = self.role.node.find_child("DefaultPolicy").node.default_child
+        assert isinstance(policy, iam.CfnPolicy)
+        model.add_resource_dependency(policy)
 
         has_volume = settings.volume_size_gb > 0
         endpoint_config = sagemaker.CfnEndpointConfig(
@@ -154,7 +157,6 @@ class MultiModelEndpoint(Construct):
             min_capacity=settings.min_instance_count,
             max_capacity=settings.max_instance_count,
         )
-        self.scalable_target.node.add_dependency(self.endpoint)
         self.scalable_target.scale_to_track_metric(
             "InvocationsPerInstance",
             predefined_metric=appscaling.PredefinedMetric.SAGEMAKER_VARIANT_INVOCATIONS_PER_INSTANCE,

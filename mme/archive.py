@@ -12,7 +12,7 @@ import shutil
 import tarfile
 import tempfile
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from handler.codec import Prediction
 from handler.errors import HandlerError, ModelOutOfMemoryError
@@ -48,18 +48,48 @@ def write_archive(model_dir: Path, output: Path) -> Path:
     return output
 
 
+def _refusal(member: tarfile.TarInfo) -> str | None:
+    """Why ``member`` may not be extracted, or ``None`` when it is a plain file or folder inside the archive."""
+    name = PurePosixPath(member.name)
+    if name.is_absolute():
+        return f"{member.name!r} is an absolute path"
+    if ".." in name.parts:
+        return f"{member.name!r} climbs out of the archive with '..'"
+    if member.issym() or member.islnk():
+        target = PurePosixPath(member.linkname)
+        # A symlink's target is relative to its folder; a hard link's to the archive root.
+        resolved = (name.parent / target) if member.issym() else target
+        depth = 0
+        for part in resolved.parts:
+            depth += -1 if part == ".." else (0 if part == "." else 1)
+            if depth < 0:
+                break
+        if target.is_absolute() or depth < 0:
+            return f"{member.name!r} links outside the archive ({member.linkname!r})"
+    elif not (member.isfile() or member.isdir()):
+        return f"{member.name!r} is a device, FIFO or other special file"
+    return None
+
+
 def extract_archive(archive: Path, destination: Path) -> Path:
     """Extract ``archive`` into ``destination`` (created), refusing anything that would land outside it.
+
+    Every member is checked before anything is written.
 
     Raises:
         ArchiveError: the file is not a gzip tar, or holds an absolute path, ``..``, a link leaving the folder,
             or a device file; nothing outside ``destination`` is written.
     """
-    destination.mkdir(parents=True, exist_ok=True)
     try:
         with tarfile.open(archive, "r:*") as tar:
-            # The "data" filter refuses absolute paths, "..", links leaving the folder and special files.
-            tar.extractall(destination, filter="data")
+            members = tar.getmembers()
+            for member in members:
+                reason = _refusal(member)
+                if reason is not None:
+                    raise ArchiveError(f"{archive.name} is refused: {reason}")
+            destination.mkdir(parents=True, exist_ok=True)
+            # The "data" filter re-checks all of the above as it writes, and drops modes a model never needs.
+            tar.extractall(destination, members=members, filter="data")
     except tarfile.FilterError as error:
         raise ArchiveError(f"{archive.name} is refused: {error}") from None
     except (tarfile.TarError, EOFError, OSError) as error:

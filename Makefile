@@ -1,0 +1,50 @@
+# The commands a user and CI run. `make setup` is idempotent and quick once done (a stamp tracks the inputs).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-done
+DEMO_MODELS := build/demo-models
+DEMO_ARCHIVES := $(DEMO_MODELS)/sentiment.tar.gz $(DEMO_MODELS)/topic.tar.gz
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
+# TensorFlow's start-up banners say nothing a user can act on.
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt requirements-cdk.txt container/requirements.txt pyproject.toml \
+		package.json package-lock.json scripts/setup-cdk.sh
+	@command -v java >/dev/null || { $(SUDO) apt-get update && \
+		$(SUDO) apt-get install -y --no-install-recommends openjdk-17-jre-headless; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --editable .
+	bash scripts/setup-cdk.sh
+	@touch $@
+
+$(DEMO_ARCHIVES) &: | $(STAMP)
+	$(VENV)/bin/mme demo-models --out $(DEMO_MODELS)
+
+## demo: set up, build the demo models if missing, serve them through the container's own software, predict.
+demo: setup $(DEMO_ARCHIVES)
+	$(VENV)/bin/mme demo --models $(DEMO_MODELS)
+
+## test: lint, then every test (real MMS, real TensorFlow, real CDK synth). pytest's "no tests" (5) is a failure.
+test: setup lint
+	@$(PY) -m pytest tests; status=$$?; \
+	if [ $$status = 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$status
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+## bench: latency figures, written to bench/results/.
+bench: setup $(DEMO_ARCHIVES)
+	$(PY) bench/latency.py --models $(DEMO_MODELS)
+
+clean:
+	rm -rf build cdk.out .pytest_cache .ruff_cache

@@ -1,0 +1,81 @@
+"""Container settings: every tunable from the environment, with its documented default, and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from handler.serve import mms_environment
+from handler.settings import ServingSettings, SettingsError
+
+
+def test_defaults_match_sagemaker() -> None:
+    settings = ServingSettings.from_env({})
+    assert settings.port == 8080
+    assert settings.max_payload_mb == 6
+    assert settings.response_timeout_seconds == 60
+    assert settings.workers_per_model == 1
+    assert settings.mms_config_file == Path("/etc/sagemaker-mms.properties")
+
+
+def test_every_tunable_is_read_from_its_variable() -> None:
+    settings = ServingSettings.from_env(
+        {
+            "SAGEMAKER_BIND_TO_PORT": "9001",
+            "MME_BIND_HOST": "127.0.0.1",
+            "SAGEMAKER_MODEL_SERVER_WORKERS": "2",
+            "MME_RESPONSE_TIMEOUT_SECONDS": "30",
+            "SAGEMAKER_MAX_PAYLOAD_IN_MB": "3",
+            "MME_TF_INTRA_OP_THREADS": "1",
+            "MME_TF_INTER_OP_THREADS": "1",
+            "MME_JVM_HEAP": "512m",
+            "MME_LOG_LEVEL": "debug",
+            "MME_MAX_TEXTS_PER_REQUEST": "5",
+            "MME_DEFAULT_TOKENIZER_DIR": "/opt/tokenizer",
+            "MME_MMS_CONFIG_FILE": "/tmp/x/mms.properties",
+            "MME_RUN_DIR": "/tmp/x",
+        }
+    )
+    assert settings == ServingSettings(
+        port=9001,
+        bind_host="127.0.0.1",
+        workers_per_model=2,
+        response_timeout_seconds=30,
+        max_payload_mb=3,
+        tf_intra_op_threads=1,
+        tf_inter_op_threads=1,
+        jvm_heap="512m",
+        log_level="DEBUG",
+        max_texts_per_request=5,
+        default_tokenizer_dir=Path("/opt/tokenizer"),
+        mms_config_file=Path("/tmp/x/mms.properties"),
+        run_dir=Path("/tmp/x"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "fragment"),
+    [
+        ("SAGEMAKER_BIND_TO_PORT", "http", "SAGEMAKER_BIND_TO_PORT='http' is not an integer"),
+        ("SAGEMAKER_MODEL_SERVER_WORKERS", "0", "SAGEMAKER_MODEL_SERVER_WORKERS=0 must be >= 1"),
+        ("MME_JVM_HEAP", "lots", "MME_JVM_HEAP='lots' must look like 512m or 2g"),
+        ("MME_LOG_LEVEL", "loud", "MME_LOG_LEVEL='LOUD' must be one of"),
+    ],
+)
+def test_malformed_variable_is_named_in_the_error(name: str, value: str, fragment: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        ServingSettings.from_env({name: value})
+    assert fragment in str(caught.value)
+
+
+def test_mms_environment_redirects_every_path_and_timeout_in_seconds(tmp_path: Path) -> None:
+    settings = ServingSettings(run_dir=tmp_path, port=9100, bind_host="127.0.0.1", response_timeout_seconds=42)
+    env = mms_environment(settings)
+    assert env["SAGEMAKER_MULTI_MODEL"] == "true"
+    assert env["SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS"] == "42"
+    assert env["MMS_INFERENCE_ADDRESS"] == env["MMS_MANAGEMENT_ADDRESS"] == "http://127.0.0.1:9100"
+    assert f"-Djava.io.tmpdir={tmp_path}/tmp" in env["SAGEMAKER_MODEL_SERVER_VMARGS"]
+    assert "-XX:-UsePerfData" in env["SAGEMAKER_MODEL_SERVER_VMARGS"]
+    assert env["TMPDIR"] == str(tmp_path / "tmp")
+    assert env["LOG_LOCATION"] == str(tmp_path / "logs")

@@ -287,8 +287,7 @@ class MultiModelEndpoint(Construct):
                 "TargetModel can name any key under it.",
             ),
             Acknowledgment(
-                id="AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:logs:<AWS::Region>:<AWS::AccountId>:log-group:"
-                f"/aws/sagemaker/Endpoints/{self.endpoint_name}:log-stream:*]",
+                id=f"AwsSolutions-IAM5[Resource::{nag_resource(role, f'{log_group_arn}:log-stream:*')}]",
                 reason="SageMaker creates one log stream per instance with generated names, all in this endpoint's "
                 "own log group.",
             ),

@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from aws_cdk import Acknowledgment, Duration, Environment, RemovalPolicy, Stack, Token, Validations
+from aws_cdk import Acknowledgment, ArnFormat, Duration, Environment, RemovalPolicy, Stack, Token, Validations
 from aws_cdk import aws_codebuild as codebuild
 from aws_cdk import aws_codepipeline as codepipeline
 from aws_cdk import aws_iam as iam
@@ -239,17 +239,15 @@ class PipelineStack(Stack):
                 f"Resource::{artifacts}/*" if not artifacts.endswith("/*") else f"Resource::{artifacts}",
             )
         ]
-        for project in self._codebuild_project_ids():
+        for project in self._codebuild_project_refs():
             acks += [
                 Acknowledgment(
-                    id="AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:logs:<AWS::Region>:<AWS::AccountId>:"
-                    f"log-group:/aws/codebuild/<{project}>:*]",
+                    id=f"AwsSolutions-IAM5[Resource::{self._nag_arn('logs', 'log-group', f'/aws/codebuild/{project}')}:*]",
                     reason="CodeBuild writes one log stream per build, with a generated name, into this project's "
                     "own log group.",
                 ),
                 Acknowledgment(
-                    id="AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:codebuild:<AWS::Region>:<AWS::AccountId>:"
-                    f"report-group/<{project}>-*]",
+                    id=f"AwsSolutions-IAM5[Resource::{self._nag_arn('codebuild', 'report-group', f'{project}-*', '/')}]",
                     reason="CodeBuild report groups of this project are created per report with the project's "
                     "name as prefix.",
                 ),
@@ -262,32 +260,33 @@ class PipelineStack(Stack):
                 "starts the asset CodeBuild projects generated after it; none of these grants data access.",
             ),
             Acknowledgment(
-                id="AwsSolutions-IAM5[Resource::arn:*:iam::<AWS::AccountId>:role/*]",
+                id=f"AwsSolutions-IAM5[Resource::{nag_resource(self, f'arn:*:iam::{self.account}:role/*')}]",
                 reason="Self-mutation assumes the CDK bootstrap deploy/lookup roles; CDK Pipelines restricts this "
                 "statement with an iam:ResourceTag/aws-cdk:bootstrap-role condition.",
             ),
             Acknowledgment(
-                id="AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:logs:<AWS::Region>:<AWS::AccountId>:"
-                "log-group:/aws/codebuild/*]",
+                id=f"AwsSolutions-IAM5[Resource::{self._nag_arn('logs', 'log-group', '/aws/codebuild/*')}]",
                 reason="The shared asset-publishing role serves CodeBuild projects whose names CDK Pipelines "
                 "generates after this role; it is limited to CodeBuild log groups.",
             ),
             Acknowledgment(
-                id="AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:codebuild:<AWS::Region>:<AWS::AccountId>:"
-                "report-group/*]",
+                id=f"AwsSolutions-IAM5[Resource::{self._nag_arn('codebuild', 'report-group', '*', '/')}]",
                 reason="The shared asset-publishing role serves CodeBuild projects whose names CDK Pipelines "
                 "generates after this role; it is limited to CodeBuild report groups.",
             ),
         ]
         Validations.of(self.pipeline).acknowledge(*acks)
 
-    def _codebuild_project_ids(self) -> list[str]:
-        """Logical IDs of the CodeBuild projects CDK Pipelines generated under the pipeline construct."""
-        return [
-            self.resolve(child.logical_id)
-            for child in self.pipeline.node.find_all()
-            if isinstance(child, codebuild.CfnProject)
-        ]
+    def _codebuild_project_refs(self) -> list[str]:
+        """`Ref` tokens (project names) of the CodeBuild projects CDK Pipelines generated under the pipeline."""
+        return [child.ref for child in self.pipeline.node.find_all() if isinstance(child, codebuild.CfnProject)]
+
+    def _nag_arn(self, service: str, resource: str, name: str, separator: str = ":") -> str:
+        """An ARN of this stack's account/region as cdk-nag prints it (partition/region/account may be tokens)."""
+        arn_format = ArnFormat.COLON_RESOURCE_NAME if separator == ":" else ArnFormat.SLASH_RESOURCE_NAME
+        return nag_resource(
+            self, self.format_arn(service=service, resource=resource, resource_name=name, arn_format=arn_format)
+        )
 
 
 def _resolved_or_none(value: str) -> str | None:

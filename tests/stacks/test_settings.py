@@ -1,0 +1,104 @@
+"""Stage settings: documented defaults, and bad context values fail with the key and the allowed values."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from stacks.settings import SettingsError, StageSettings, load_app_settings
+
+ARN = "arn:aws:codeconnections:eu-west-1:111111111111:connection/abc-123"
+
+
+def test_defaults_without_context_give_one_dev_stage_and_no_pipeline() -> None:
+    settings = load_app_settings({})
+    assert not settings.pipeline.enabled
+    assert [s.name for s in settings.stages] == ["dev"]
+    dev = settings.stages[0]
+    assert dev.instance_type == "ml.m5.large"
+    assert dev.model_prefix == "models/"
+    assert dev.ssm_prefix == "/mme/dev"
+    assert not dev.termination_protection
+
+
+def test_prod_stage_is_protected_and_gated_by_default() -> None:
+    prod = load_app_settings({"stages": {"prod": {}}}).stages[0]
+    assert prod.termination_protection and prod.require_approval
+
+
+def test_stage_order_follows_context_and_accepts_a_json_string() -> None:
+    settings = load_app_settings({"stages": '{"qa": {}, "dev": {"max_instance_count": 3}}'})
+    assert [s.name for s in settings.stages] == ["qa", "dev"]
+    assert settings.stages[1].max_instance_count == 3
+
+
+def test_settings_are_frozen() -> None:
+    dev = load_app_settings({}).stages[0]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        dev.instance_type = "ml.c5.large"  # type: ignore[misc]
+
+
+def test_container_environment_carries_every_tunable() -> None:
+    env = StageSettings(name="dev", jvm_heap="2g", log_level="DEBUG", server_workers=2).container_environment()
+    assert env == {
+        "SAGEMAKER_MODEL_SERVER_WORKERS": "2",
+        "SAGEMAKER_MAX_PAYLOAD_IN_MB": "6",
+        "MME_RESPONSE_TIMEOUT_SECONDS": "60",
+        "MME_TF_INTRA_OP_THREADS": "0",
+        "MME_TF_INTER_OP_THREADS": "0",
+        "MME_JVM_HEAP": "2g",
+        "MME_LOG_LEVEL": "DEBUG",
+        "MME_MAX_TEXTS_PER_REQUEST": "64",
+    }
+
+
+@pytest.mark.parametrize(
+    ("stage", "fragments"),
+    [
+        ({"instance_typ": "ml.m5.large"}, ["stages.dev.instance_typ", "instance_type"]),
+        ({"instance_type": "m5.large"}, ["stages.dev.instance_type", "ml.<family>.<size>"]),
+        ({"instance_type": "ml.m5.huge"}, ["stages.dev.instance_type", "ml.m5.large"]),
+        ({"min_instance_count": 3, "max_instance_count": 2}, ["min_instance_count", "max_instance_count", "<="]),
+        ({"initial_instance_count": 5}, ["stages.dev.initial_instance_count", "from min_instance_count"]),
+        ({"model_cache": "yes"}, ["stages.dev.model_cache", "Enabled | Disabled"]),
+        ({"log_level": "verbose"}, ["stages.dev.log_level", "INFO"]),
+        ({"max_payload_mb": 7}, ["stages.dev.max_payload_mb", "from 1 to 6"]),
+        ({"max_instance_count": True}, ["stages.dev.max_instance_count", "an integer"]),
+        ({"termination_protection": "yes"}, ["stages.dev.termination_protection", "true | false"]),
+        ({"model_prefix": "/models"}, ["stages.dev.model_prefix", 'ending in "/"']),
+        ({"model_prefix": "data/", "capture_prefix": "data/capture/"}, ["model_prefix", "capture_prefix", "overlap"]),
+        ({"jvm_heap": "lots"}, ["stages.dev.jvm_heap", "1g"]),
+        ({"alarm_email": "not-an-address"}, ["stages.dev.alarm_email", "email"]),
+    ],
+)
+def test_bad_stage_value_names_key_and_allowed_values(stage: dict[str, object], fragments: list[str]) -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_app_settings({"stages": {"dev": stage}})
+    for fragment in fragments:
+        assert fragment in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("context", "fragments"),
+    [
+        ({"repository": "acme/mme"}, ["connection_arn", "arn:aws:codeconnections"]),
+        ({"repository": "acme/mme", "connection_arn": "arn:aws:s3:::bucket"}, ["connection_arn"]),
+        ({"connection_arn": ARN}, ["repository", "owner/name"]),
+        ({"repository": "not a repo", "connection_arn": ARN}, ["repository", "owner/name"]),
+        ({"stages": {}}, ["stages", "non-empty"]),
+        ({"stages": "{not json"}, ["stages", "JSON"]),
+        ({"stages": {"Dev": {}}}, ["stages.<name>", "lower-case"]),
+    ],
+)
+def test_bad_app_value_names_key_and_allowed_values(context: dict[str, object], fragments: list[str]) -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_app_settings(context)
+    for fragment in fragments:
+        assert fragment in str(raised.value)
+
+
+def test_pipeline_enabled_with_repository_and_connection() -> None:
+    settings = load_app_settings({"repository": "acme/mme", "connection_arn": ARN, "branch": "release"})
+    assert settings.pipeline.enabled
+    assert settings.pipeline.branch == "release"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
+import re
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -11,6 +13,16 @@ from typing import Annotated
 import typer
 
 from mme.archive import ARCHIVE_SUFFIX, ArchiveError
+
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "mme"
+
+
+class ModelCacheSetting(enum.StrEnum):
+    """SageMaker's ModelCacheSetting."""
+
+    enabled = "enabled"
+    disabled = "disabled"
+
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -124,6 +136,159 @@ def demo(
                     confidence = result["scores"][result["label"]]
                     typer.echo(f"  {name:9} {result['label']:9} {confidence:5.1%}  {text}")
         typer.echo("stopped")
+
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "tib": 1024**4,
+}
+
+
+def parse_size(text: str) -> int:
+    """Bytes in a size such as ``4GiB``, ``512MB``, ``1.5g`` or ``1000000``.
+
+    Raises:
+        typer.BadParameter: the text is not a positive size.
+    """
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in _SIZE_UNITS or float(match.group(1)) <= 0:
+        raise typer.BadParameter(f"{text!r} is not a size: use a number with an optional unit, like 4GiB or 512MB")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+def _environment_pairs(pairs: list[str]) -> dict[str, str]:
+    environment = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise typer.BadParameter(f"{pair!r} must look like NAME=VALUE")
+        environment[name] = value
+    return environment
+
+
+@app.command("serve")
+def serve(
+    store: Annotated[
+        str, typer.Option(help="Model store: a folder or s3://bucket/prefix/. TargetModel is a key in it.")
+    ],
+    endpoint_name: Annotated[str, typer.Option(help="The EndpointName this endpoint answers to.")] = "local",
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8080,
+    cache_dir: Annotated[
+        Path, typer.Option(help="Downloaded and extracted models; kept across runs.")
+    ] = DEFAULT_CACHE_DIR,
+    max_loaded_models: Annotated[int | None, typer.Option(min=1, help="Most models loaded at once.")] = None,
+    memory_budget: Annotated[
+        str | None, typer.Option(help="Resident memory all model workers may use, e.g. 4GiB. Default: no limit.")
+    ] = None,
+    model_cache: Annotated[
+        ModelCacheSetting, typer.Option(help="disabled unloads each model after its invocation.")
+    ] = ModelCacheSetting.enabled,
+    load_wait_seconds: Annotated[
+        float, typer.Option(min=0.0, help="How long a request waits for a cold load before ModelNotReadyException.")
+    ] = 60.0,
+    container_env: Annotated[
+        list[str] | None, typer.Option(help="Container tunable NAME=VALUE (repeatable), e.g. MME_LOG_LEVEL=DEBUG.")
+    ] = None,
+) -> None:
+    """Run a local multi-model endpoint with SageMaker's runtime API, backed by the real container software."""
+    from mme.endpoint import EndpointConfig, run_endpoint
+    from mme.models import CachePolicy
+    from mme.store import StoreError, open_store
+
+    # One line per load and unload, with timings, is part of what the command shows.
+    logging.getLogger("mme").setLevel(min(logging.getLogger("mme").getEffectiveLevel(), logging.INFO))
+    budget = parse_size(memory_budget) if memory_budget is not None else None
+    environment = _environment_pairs(container_env or [])
+    try:
+        model_store = open_store(store)
+    except StoreError as error:
+        raise _fail(str(error)) from None
+    with tempfile.TemporaryDirectory(prefix="mme-serve-") as run_dir:
+        config = EndpointConfig(
+            store=model_store,
+            run_dir=Path(run_dir),
+            cache_dir=cache_dir,
+            endpoint_name=endpoint_name,
+            policy=CachePolicy(
+                max_loaded_models=max_loaded_models,
+                memory_budget_bytes=budget,
+                keep_loaded=model_cache is ModelCacheSetting.enabled,
+                load_wait_seconds=load_wait_seconds,
+            ),
+            container_environment=environment,
+        )
+        try:
+            run_endpoint(
+                config,
+                host=host,
+                port=port,
+                on_ready=lambda url: typer.echo(
+                    f"mme serve: endpoint {endpoint_name!r} on {url} (store {model_store.uri}, cache {cache_dir}); "
+                    "Ctrl-C stops it"
+                ),
+            )
+        except OSError as error:
+            raise _fail(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+
+
+@app.command("invoke")
+def invoke(
+    endpoint: Annotated[str, typer.Option("--endpoint", help="EndpointName.")],
+    model: Annotated[str, typer.Option("--model", help="TargetModel: the archive key, e.g. sentiment.tar.gz.")],
+    text: Annotated[str | None, typer.Option(help="One text to classify.")] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="A request body file (JSON, or JSON Lines if .jsonl)."),
+    ] = None,
+    endpoint_url: Annotated[
+        str | None, typer.Option(help="e.g. http://127.0.0.1:8080 for `mme serve`; default: AWS.")
+    ] = None,
+    region: Annotated[str | None, typer.Option(help="AWS region; default from the AWS configuration.")] = None,
+) -> None:
+    """Invoke a model on an endpoint (local or on AWS) and print the prediction."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if (text is None) == (file is None):
+        raise _fail("give exactly one of --text and --file")
+    if text is not None:
+        body, content_type = json.dumps({"input_text": text}).encode(), "application/json"
+    else:
+        assert file is not None
+        body = file.read_bytes()
+        content_type = "application/jsonlines" if file.suffix in {".jsonl", ".jsonlines"} else "application/json"
+    session = boto3.session.Session(region_name=region)
+    options: dict[str, object] = {}
+    if endpoint_url is not None:
+        options["endpoint_url"] = endpoint_url
+        if session.get_credentials() is None:
+            # A local endpoint does not check signatures; botocore still wants something to sign with.
+            options.update(aws_access_key_id="local", aws_secret_access_key="local")  # noqa: S106
+        if session.region_name is None:
+            options["region_name"] = "us-east-1"
+    client = session.client("sagemaker-runtime", **options)
+    try:
+        answer = client.invoke_endpoint(EndpointName=endpoint, TargetModel=model, ContentType=content_type, Body=body)
+    except ClientError as error:
+        details = error.response.get("Error", {})
+        raise _fail(f"{details.get('Code', 'error')}: {details.get('Message', error)}") from None
+    except BotoCoreError as error:
+        raise _fail(str(error)) from None
+    typer.echo(answer["Body"].read().decode("utf-8", errors="replace"))
 
 
 def main() -> None:

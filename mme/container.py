@@ -150,7 +150,24 @@ class LocalContainer:
         self._environment = dict(environment or {})
         self._startup_timeout = startup_timeout
         self._process: subprocess.Popen[bytes] | None = None
-        self.client = ContainerClient(f"http://127.0.0.1:{self.port}")
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.client = ContainerClient(self.base_url)
+
+    @property
+    def running(self) -> bool:
+        """Whether the entrypoint process is alive (it exits when MMS does)."""
+        return self._process is not None and self._process.poll() is None
+
+    def worker_processes(self) -> list[psutil.Process]:
+        """The MMS Python workers of this server: one per loaded model and worker slot."""
+        workers = []
+        for process in processes_under(self.run_dir):
+            try:
+                if any("model_service_worker" in part for part in process.cmdline()):
+                    workers.append(process)
+            except psutil.NoSuchProcess:
+                continue
+        return workers
 
     @property
     def log_file(self) -> Path:
@@ -164,6 +181,7 @@ class LocalContainer:
             ContainerError: the server exited or did not answer within the startup timeout.
         """
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.client = ContainerClient(self.base_url)
         env = {
             **os.environ,
             **self._environment,

@@ -1,0 +1,227 @@
+"""``mme serve``: a local multi-model endpoint that answers SageMaker Runtime's ``InvokeEndpoint``.
+
+An aiohttp server plays SageMaker's multi-model front end; behind it the container's own software (MMS through
+the image's ``serve`` entrypoint) runs as a supervised child on a private loopback port. An unmodified boto3
+``sagemaker-runtime`` client with ``endpoint_url`` pointed here gets the same answers and exception classes as on AWS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from mme.container import LocalContainer
+from mme.errors import ModelError, SageMakerError, ServiceUnavailableError, ValidationError
+from mme.metrics import EndpointMetrics
+from mme.models import CachePolicy, ModelCache
+from mme.store import ModelStore, StoreError, validate_key
+
+logger = logging.getLogger(__name__)
+
+TARGET_MODEL = "X-Amzn-SageMaker-Target-Model"
+CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
+INVOKED_VARIANT = "x-Amzn-Invoked-Production-Variant"
+MAX_PAYLOAD_BYTES = 6 * 1024 * 1024  # SageMaker's limit for a real-time invocation
+_SUPERVISE_EVERY_SECONDS = 1.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class EndpointConfig:
+    """One local endpoint.
+
+    - ``store``: the model store (a folder or ``s3://bucket/prefix/``).
+    - ``run_dir``: where the container's logs, sockets and the model cache live.
+    - ``endpoint_name`` (default ``local``): the only EndpointName this endpoint answers to.
+    - ``variant_name`` (default ``AllTraffic``, SageMaker's default): returned as the invoked production variant.
+    - ``policy``: what stays loaded (see :class:`CachePolicy`).
+    - ``container_environment``: container tunables (``MME_*``, ``SAGEMAKER_*``) for the model server.
+    """
+
+    store: ModelStore
+    run_dir: Path
+    cache_dir: Path
+    endpoint_name: str = "local"
+    variant_name: str = "AllTraffic"
+    policy: CachePolicy = field(default_factory=CachePolicy)
+    container_environment: Mapping[str, str] = field(default_factory=dict)
+
+
+def _error_response(error: SageMakerError, request_id: str) -> web.Response:
+    return web.Response(
+        status=error.status,
+        body=error.body(),
+        content_type="application/json",
+        headers={"x-amzn-ErrorType": error.code, "x-amzn-RequestId": request_id},
+    )
+
+
+class LocalEndpoint:
+    """The front end's request handling and the container's supervision."""
+
+    def __init__(self, config: EndpointConfig) -> None:
+        self.config = config
+        self.metrics = EndpointMetrics()
+        self.container = LocalContainer(config.run_dir / "container", environment=config.container_environment)
+        self.cache = ModelCache(
+            store=config.store,
+            container=self.container,
+            cache_dir=config.cache_dir,
+            policy=config.policy,
+            metrics=self.metrics,
+        )
+        self._restart_lock = asyncio.Lock()
+
+    def application(self) -> web.Application:
+        """The aiohttp application; its lifecycle starts and stops the container."""
+        app = web.Application(client_max_size=MAX_PAYLOAD_BYTES)
+        app.router.add_post("/endpoints/{endpoint_name}/invocations", self.invoke)
+        app.router.add_get("/ping", self.ping)
+        app.router.add_get("/metrics", self.prometheus)
+        app.cleanup_ctx.append(self._lifecycle)
+        return app
+
+    async def _lifecycle(self, app: web.Application) -> AsyncIterator[None]:
+        logger.info("starting the model container (MMS) under %s", self.container.run_dir)
+        await asyncio.to_thread(self.container.start)
+        async with self.cache:
+            supervisor = asyncio.create_task(self._supervise(), name="supervise container")
+            try:
+                yield
+            finally:
+                supervisor.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await supervisor
+        await asyncio.to_thread(self.container.stop)
+        logger.info("model container stopped")
+
+    async def _supervise(self) -> None:
+        while True:
+            await asyncio.sleep(_SUPERVISE_EVERY_SECONDS)
+            if not self.container.running:
+                await self.restart_container()
+
+    async def restart_container(self) -> None:
+        """Restart a dead container; requests meanwhile get ``ServiceUnavailable``."""
+        async with self._restart_lock:
+            if self.container.running:
+                return
+            logger.error("the model container exited; restarting it (see %s)", self.container.log_file)
+            self.cache.forget_all()
+            await asyncio.to_thread(self.container.stop)
+            await asyncio.to_thread(self.container.start)
+
+    async def ping(self, request: web.Request) -> web.Response:
+        if not self.container.running:
+            return web.json_response({"status": "unavailable"}, status=503)
+        return web.json_response({"status": "healthy", "loaded_models": len(self.cache.loaded)})
+
+    async def prometheus(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def invoke(self, request: web.Request) -> web.Response:
+        """``InvokeEndpoint``: resolve TargetModel, load it if needed, forward the request to the container."""
+        request_id = str(uuid.uuid4())
+        key = request.headers.get(TARGET_MODEL, "")
+        started = time.monotonic()
+        try:
+            response = await self._invoke(request, key)
+        except SageMakerError as error:
+            self.metrics.errors.labels(model=key or "-", error=error.code).inc()
+            if isinstance(error, ModelError):
+                logger.info("%s -> %s %d: %s", key, error.code, error.original_status, error.message)
+            return _error_response(error, request_id)
+        self.metrics.invocations.labels(model=key).inc()
+        self.metrics.latency_seconds.labels(model=key).observe(time.monotonic() - started)
+        response.headers["x-amzn-RequestId"] = request_id
+        return response
+
+    async def _invoke(self, request: web.Request, key: str) -> web.Response:
+        endpoint_name = request.match_info["endpoint_name"]
+        if endpoint_name != self.config.endpoint_name:
+            raise ValidationError(
+                f"Endpoint {endpoint_name} not found (this local endpoint is {self.config.endpoint_name!r})"
+            )
+        if not key:
+            raise ValidationError(f"{TARGET_MODEL} is required: name the model archive, for example sentiment.tar.gz")
+        try:
+            validate_key(key)
+        except StoreError as error:
+            raise ValidationError(str(error)) from None
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise ValidationError(f"the request body is larger than {MAX_PAYLOAD_BYTES} bytes") from None
+        headers = {"Content-Type": request.headers.get("Content-Type", "application/octet-stream")}
+        for name in ("Accept", CUSTOM_ATTRIBUTES):
+            if name in request.headers:
+                headers[name] = request.headers[name]
+
+        # One retry covers a model that vanished from the container (restart) or a 507 that an eviction fixes.
+        for attempt in range(2):
+            model = await self.cache.acquire(key)
+            try:
+                answer = await self.cache.invoke(model, body, headers)
+            finally:
+                await self.cache.release(model)
+            if answer.status == 200:
+                out_headers = {INVOKED_VARIANT: self.config.variant_name}
+                if CUSTOM_ATTRIBUTES in answer.headers:
+                    out_headers[CUSTOM_ATTRIBUTES] = answer.headers[CUSTOM_ATTRIBUTES]
+                return web.Response(
+                    body=answer.body,
+                    headers={**out_headers, "Content-Type": answer.headers.get("Content-Type", "application/json")},
+                )
+            if attempt == 0 and answer.status == 404:
+                self.cache.forget(model)
+                continue
+            if attempt == 0 and answer.status == 507 and await self.cache.make_room_after_oom(model):
+                continue
+            raise ModelError(
+                f'Received client error ({answer.status}) from model with message "{answer.text}"'
+                if answer.status < 500
+                else f'Received server error ({answer.status}) from model with message "{answer.text}"',
+                original_status=answer.status,
+                original_message=answer.text,
+            )
+        raise ServiceUnavailableError(f"model {key} could not be served; try again")  # pragma: no cover
+
+
+async def _serve(config: EndpointConfig, host: str, port: int, on_ready: Callable[[str], None]) -> None:
+    endpoint = LocalEndpoint(config)
+    runner = web.AppRunner(endpoint.application(), access_log=None, handle_signals=False)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await runner.setup()  # starts the container
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        on_ready(f"http://{host}:{port}")
+        await stop.wait()
+        logger.info("shutting down")
+    finally:
+        await runner.cleanup()  # stops the container and every worker
+
+
+def run_endpoint(
+    config: EndpointConfig, *, host: str, port: int, on_ready: Callable[[str], None] = lambda url: None
+) -> None:
+    """Serve until SIGINT or SIGTERM, then stop the container and every worker it started.
+
+    ``on_ready`` gets the endpoint URL once it accepts requests.
+
+    Raises:
+        OSError: the address cannot be bound (the container is stopped again first).
+    """
+    asyncio.run(_serve(config, host, port, on_ready))

@@ -1,0 +1,61 @@
+"""SageMaker Runtime's error shapes, so botocore raises the same exception classes locally as on AWS."""
+
+from __future__ import annotations
+
+import json
+
+
+class SageMakerError(Exception):
+    """An ``InvokeEndpoint`` error: its code (the botocore exception name), HTTP status and modelled fields."""
+
+    code = "InternalFailure"
+    status = 500
+
+    def __init__(self, message: str, **fields: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = fields
+
+    def body(self) -> bytes:
+        """The JSON body botocore's rest-json parser reads (``__type`` gives the class, ``message`` the text)."""
+        shape = {"__type": self.code, "message": self.message, "Message": self.message, **self.fields}
+        return json.dumps(shape).encode()
+
+
+class ValidationError(SageMakerError):
+    """400: the request names no model, an unknown model or endpoint, or is malformed."""
+
+    code = "ValidationError"
+    status = 400
+
+
+class ModelError(SageMakerError):
+    """424: the container answered 4xx/5xx; ``OriginalStatusCode`` and ``OriginalMessage`` carry its answer."""
+
+    code = "ModelError"
+    status = 424
+
+    def __init__(self, message: str, *, original_status: int, original_message: str) -> None:
+        super().__init__(message, OriginalStatusCode=original_status, OriginalMessage=original_message)
+        self.original_status = original_status
+
+
+class ModelNotReadyError(SageMakerError):
+    """429: the model is still downloading or loading; try again."""
+
+    code = "ModelNotReadyException"
+    status = 429
+
+
+class ServiceUnavailableError(SageMakerError):
+    """503: the container is down or restarting."""
+
+    code = "ServiceUnavailable"
+    status = 503
+
+
+class InternalFailureError(SageMakerError):
+    """500: a fault of the local endpoint itself."""
+
+    code = "InternalFailure"
+    status = 500

@@ -1,0 +1,357 @@
+"""The multi-model front end's model cache: resolve a TargetModel, download, extract, load, evict.
+
+This plays the part SageMaker's front end plays for a multi-model endpoint: a TargetModel is a key under the store
+prefix; on first use it is downloaded, checked, extracted under an opaque model name and loaded into the container
+with ``POST /models``. When the container answers 507, or a configured budget (models or memory) would be exceeded,
+the least recently used model is unloaded first. Concurrent first requests for one model share one load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import psutil
+
+from mme.archive import ArchiveError, extract_archive
+from mme.container import LocalContainer
+from mme.errors import ModelError, ModelNotReadyError, ServiceUnavailableError, ValidationError
+from mme.metrics import EndpointMetrics
+from mme.store import ModelNotFoundError, ModelStore, StoreError
+
+logger = logging.getLogger(__name__)
+
+_PARTIAL = ".partial"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CachePolicy:
+    """How many models stay loaded.
+
+    - ``max_loaded_models`` (default: no limit): the most models loaded at once.
+    - ``memory_budget_bytes`` (default: no limit): resident memory the model workers may use together; a model is
+      unloaded before a load that would, by the current per-model average, exceed it.
+    - ``keep_loaded`` (default True): False unloads each model after its invocation, like SageMaker's
+      ``ModelCacheSetting=Disabled``.
+    - ``load_wait_seconds`` (default 60, SageMaker's invocation timeout): how long a request waits for a cold
+      load before it gets ``ModelNotReadyException``; the load goes on.
+    - ``max_archive_bytes`` (default 10 GiB): larger archives are refused before download.
+    """
+
+    max_loaded_models: int | None = None
+    memory_budget_bytes: int | None = None
+    keep_loaded: bool = True
+    load_wait_seconds: float = 60.0
+    max_archive_bytes: int = 10 * 1024**3
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """A model loaded in the container."""
+
+    key: str
+    name: str
+    path: Path
+    last_used: float = field(default_factory=time.monotonic)
+    in_flight: int = 0
+
+
+@dataclass(frozen=True)
+class ContainerAnswer:
+    """An HTTP answer from the container."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+
+class ModelCache:
+    """Loads TargetModels into one container on demand and keeps the loaded set within the policy."""
+
+    def __init__(
+        self,
+        *,
+        store: ModelStore,
+        container: LocalContainer,
+        cache_dir: Path,
+        policy: CachePolicy,
+        metrics: EndpointMetrics,
+    ) -> None:
+        self.store = store
+        self.container = container
+        self.cache_dir = cache_dir
+        self.policy = policy
+        self.metrics = metrics
+        self._loaded: dict[str, LoadedModel] = {}
+        self._loading: dict[str, asyncio.Task[LoadedModel]] = {}
+        # Loads and evictions change the container's loaded set one at a time, so budgets are never overshot.
+        self._capacity = asyncio.Lock()
+        self._session: aiohttp.ClientSession | None = None
+        for folder in (self.models_dir, self.downloads_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        self._remove_partial_files()
+
+    @property
+    def models_dir(self) -> Path:
+        return self.cache_dir / "models"
+
+    @property
+    def downloads_dir(self) -> Path:
+        return self.cache_dir / "downloads"
+
+    def _remove_partial_files(self) -> None:
+        # Downloads and extractions are renamed into place when complete: anything partial is from a killed run.
+        for folder in (self.models_dir, self.downloads_dir):
+            for leftover in folder.glob(f"*{_PARTIAL}*"):
+                if leftover.is_dir():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink(missing_ok=True)
+
+    @property
+    def loaded(self) -> dict[str, LoadedModel]:
+        """TargetModel -> loaded model (a snapshot)."""
+        return dict(self._loaded)
+
+    async def __aenter__(self) -> ModelCache:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_read=120))
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for task in list(self._loading.values()):
+            task.cancel()
+        if self._session is not None:
+            await self._session.close()
+
+    def forget_all(self) -> None:
+        """The container restarted: nothing is loaded any more."""
+        self._loaded.clear()
+        self.metrics.loaded_models.set(0)
+
+    # --- talking to the container -------------------------------------------------------------------------------
+
+    async def _call(self, method: str, path: str, **kwargs: object) -> ContainerAnswer:
+        assert self._session is not None, "use ModelCache as an async context manager"
+        if not self.container.running:
+            raise ServiceUnavailableError("the model container is not running; it is being restarted")
+        try:
+            async with self._session.request(method, self.container.base_url + path, **kwargs) as response:
+                body = await response.read()
+                return ContainerAnswer(response.status, body, dict(response.headers))
+        except aiohttp.ClientConnectionError as error:
+            raise ServiceUnavailableError(f"the model container does not answer: {error}") from None
+
+    async def _unload_from_container(self, name: str) -> ContainerAnswer:
+        return await self._call("DELETE", f"/models/{name}")
+
+    # --- loading ------------------------------------------------------------------------------------------------
+
+    async def acquire(self, key: str) -> LoadedModel:
+        """The loaded model for ``key``, loading it on first use; the caller must :meth:`release` it.
+
+        Raises:
+            ValidationError: no archive under ``key``, or it is refused (too large, hostile, unreadable).
+            ModelError: the container refused to load it.
+            ModelNotReadyError: the load takes longer than the policy's wait; it goes on in the background.
+            ServiceUnavailableError: the container is down.
+        """
+        model = self._loaded.get(key)
+        if model is not None:
+            self.metrics.cache_hits.inc()
+        else:
+            self.metrics.cache_misses.inc()
+            task = self._loading.get(key)
+            if task is None:
+                task = asyncio.create_task(self._load(key), name=f"load {key}")
+                self._loading[key] = task
+                task.add_done_callback(self._load_finished)
+            try:
+                model = await asyncio.wait_for(asyncio.shield(task), timeout=self.policy.load_wait_seconds)
+            except TimeoutError:
+                raise ModelNotReadyError(
+                    f"model {key} is still loading after {self.policy.load_wait_seconds:g} s; try again"
+                ) from None
+        model.in_flight += 1
+        model.last_used = time.monotonic()
+        return model
+
+    async def release(self, model: LoadedModel) -> None:
+        """Done with an acquired model; with the cache disabled, the last user unloads it."""
+        model.in_flight -= 1
+        model.last_used = time.monotonic()
+        if not self.policy.keep_loaded and model.in_flight == 0 and self._loaded.get(model.key) is model:
+            async with self._capacity:
+                if model.in_flight == 0 and self._loaded.get(model.key) is model:
+                    await self._evict(model, reason="model cache disabled")
+
+    def _load_finished(self, task: asyncio.Task[LoadedModel]) -> None:
+        key = task.get_name().removeprefix("load ")
+        if self._loading.get(key) is task:
+            del self._loading[key]
+        # A failed load that every waiter gave up on (429) is logged here rather than lost.
+        if not task.cancelled() and task.exception() is not None:
+            logger.info("loading %s failed: %s", key, task.exception())
+
+    async def _load(self, key: str) -> LoadedModel:
+        try:
+            info = await asyncio.to_thread(self.store.stat, key)
+        except ModelNotFoundError as error:
+            raise ValidationError(f"Failed to download model data for TargetModel {key!r}: {error}") from None
+        except StoreError as error:
+            raise ValidationError(str(error)) from None
+        if info.size > self.policy.max_archive_bytes:
+            raise ValidationError(
+                f"model data for {key!r} is {info.size} bytes, above the limit of {self.policy.max_archive_bytes}"
+            )
+        # Opaque, and new whenever the archive changes, so a rewritten key never serves a stale copy.
+        name = "m" + hashlib.sha256(f"{self.store.uri}\0{key}\0{info.version}".encode()).hexdigest()[:24]
+        path = self.models_dir / name
+        if not path.is_dir():
+            await asyncio.to_thread(self._download_and_extract, key, info.size, name, path)
+
+        async with self._capacity:
+            await self._make_room()
+            started = time.monotonic()
+            workers_before = {process.pid for process in self.container.worker_processes()}
+            while True:
+                answer = await self._call("POST", "/models", json={"model_name": name, "url": str(path)})
+                if answer.status in (200, 409):  # 409: still loaded from before a front-end restart
+                    break
+                # MMS keeps a failed model registered with no workers (and may leave a worker blocked): clean up.
+                await self._unload_from_container(name)
+                self._kill_new_workers(workers_before)
+                if answer.status == 507:
+                    victim = self._least_recently_used()
+                    if victim is not None:
+                        await self._evict(victim, reason=f"container out of memory loading {key}")
+                        continue
+                    raise ModelError(
+                        f"model {key} does not fit in the container's memory even with no other model loaded",
+                        original_status=answer.status,
+                        original_message=answer.text,
+                    )
+                raise ModelError(
+                    f"the container could not load model {key}",
+                    original_status=answer.status,
+                    original_message=answer.text,
+                )
+            elapsed = time.monotonic() - started
+            self.metrics.load_seconds.observe(elapsed)
+            self.metrics.loads.inc()
+            model = LoadedModel(key=key, name=name, path=path)
+            self._loaded[key] = model
+            self.metrics.loaded_models.set(len(self._loaded))
+            logger.info("loaded %s as %s in %.2f s (%d loaded)", key, name, elapsed, len(self._loaded))
+            return model
+
+    def _download_and_extract(self, key: str, size: int, name: str, path: Path) -> None:
+        archive = self.downloads_dir / f"{name}.tar.gz{_PARTIAL}"
+        started = time.monotonic()
+        try:
+            self.store.download(key, archive)
+        except (OSError, StoreError) as error:
+            archive.unlink(missing_ok=True)
+            raise ValidationError(f"Failed to download model data for TargetModel {key!r}: {error}") from None
+        except Exception as error:  # botocore's errors share no base class worth naming here
+            archive.unlink(missing_ok=True)
+            raise ValidationError(f"Failed to download model data for TargetModel {key!r}: {error}") from None
+        downloaded = archive.stat().st_size
+        if downloaded != size:
+            archive.unlink(missing_ok=True)
+            raise ValidationError(f"model data for {key!r} changed during download ({downloaded} != {size} bytes)")
+        self.metrics.download_seconds.observe(time.monotonic() - started)
+        staging = self.models_dir / f"{name}{_PARTIAL}-{uuid.uuid4().hex[:8]}"
+        try:
+            extract_archive(archive, staging)
+            staging.rename(path)
+        except ArchiveError as error:
+            raise ValidationError(f"model data for TargetModel {key!r} is refused: {error}") from None
+        except OSError:
+            if not path.is_dir():  # another process may have won the rename: its copy is as good
+                raise
+        finally:
+            archive.unlink(missing_ok=True)
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _kill_new_workers(self, before: set[int]) -> None:
+        registered = {process.pid for process in self.container.worker_processes()} - before
+        # Workers started for a failed load serve no model: MMS can leave one blocked forever (DESIGN.md).
+        for pid in registered:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                psutil.Process(pid).kill()
+
+    # --- eviction -----------------------------------------------------------------------------------------------
+
+    def _least_recently_used(self, *, exclude: LoadedModel | None = None) -> LoadedModel | None:
+        candidates = [model for model in self._loaded.values() if model is not exclude]
+        if not candidates:
+            return None
+        # Prefer a model nobody is using right now.
+        return min(candidates, key=lambda model: (model.in_flight > 0, model.last_used))
+
+    def workers_memory_bytes(self) -> int:
+        """Resident memory of all model workers right now."""
+        total = 0
+        for process in self.container.worker_processes():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += process.memory_info().rss
+        return total
+
+    async def _make_room(self) -> None:
+        limit = self.policy.max_loaded_models
+        while limit is not None and len(self._loaded) >= limit:
+            victim = self._least_recently_used()
+            assert victim is not None
+            await self._evict(victim, reason=f"at most {limit} loaded models")
+        budget = self.policy.memory_budget_bytes
+        while budget is not None and self._loaded:
+            used = await asyncio.to_thread(self.workers_memory_bytes)
+            per_model = used / len(self._loaded)
+            if used + per_model <= budget:
+                break
+            victim = self._least_recently_used()
+            assert victim is not None
+            await self._evict(victim, reason=f"memory budget {budget} bytes ({used} used)")
+
+    async def _evict(self, model: LoadedModel, *, reason: str) -> None:
+        started = time.monotonic()
+        self._loaded.pop(model.key, None)
+        self.metrics.loaded_models.set(len(self._loaded))
+        answer = await self._unload_from_container(model.name)
+        elapsed = time.monotonic() - started
+        self.metrics.unload_seconds.observe(elapsed)
+        self.metrics.unloads.inc()
+        if reason != "model cache disabled":
+            self.metrics.evictions.inc()
+        logger.info("unloaded %s (%s) in %.2f s: %s [%d]", model.key, model.name, elapsed, reason, answer.status)
+
+    async def make_room_after_oom(self, model: LoadedModel) -> bool:
+        """The container ran out of memory predicting with ``model``: unload another model. False if none is left."""
+        async with self._capacity:
+            victim = self._least_recently_used(exclude=model)
+            if victim is None:
+                return False
+            await self._evict(victim, reason=f"container out of memory predicting with {model.key}")
+            return True
+
+    def forget(self, model: LoadedModel) -> None:
+        """The container no longer has ``model`` (it answered 404): load it again on next use."""
+        if self._loaded.get(model.key) is model:
+            del self._loaded[model.key]
+            self.metrics.loaded_models.set(len(self._loaded))
+
+    async def invoke(self, model: LoadedModel, body: bytes, headers: dict[str, str]) -> ContainerAnswer:
+        """``POST /models/{name}/invoke`` on the container."""
+        return await self._call("POST", f"/models/{model.name}/invoke", data=body, headers=headers)

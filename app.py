@@ -26,9 +26,7 @@ def compose(app: App, settings: AppSettings, *, default_env: Environment) -> Non
     `default_env` is where stages without their own account/region go (the CLI's credentials).
     """
     if settings.pipeline.enabled:
-        PipelineStack(
-            app, PIPELINE_STACK_ID, pipeline=settings.pipeline, stages=settings.stages, env=default_env
-        )
+        PipelineStack(app, PIPELINE_STACK_ID, pipeline=settings.pipeline, stages=settings.stages, env=default_env)
     else:
         for stage in settings.stages:
             ServingStage(

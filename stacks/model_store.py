@@ -8,6 +8,7 @@ from __future__ import annotations
 from aws_cdk import (
     Acknowledgment,
     CfnOutput,
+    CfnResource,
     Duration,
     RemovalPolicy,
     Stack,
@@ -41,7 +42,9 @@ class ModelStoreRef:
         self.capture_prefix = capture_prefix
 
     @classmethod
-    def from_parameters(cls, scope: Construct, *, ssm_prefix: str, model_prefix: str, capture_prefix: str) -> ModelStoreRef:
+    def from_parameters(
+        cls, scope: Construct, *, ssm_prefix: str, model_prefix: str, capture_prefix: str
+    ) -> ModelStoreRef:
         """Import the store of a stage through `<ssm_prefix>/bucket` and `<ssm_prefix>/key-arn` (resolved at deploy)."""
         bucket_name = ssm.StringParameter.value_for_string_parameter(scope, f"{ssm_prefix}/bucket")
         key_arn = ssm.StringParameter.value_for_string_parameter(scope, f"{ssm_prefix}/key-arn")
@@ -160,7 +163,7 @@ def skip_self_logging(bucket: s3.Bucket) -> None:
 
 def _pin(resource: Construct, logical_id: str) -> None:
     child = resource.node.default_child
-    assert child is not None and hasattr(child, "override_logical_id")
+    assert isinstance(child, CfnResource)
     child.override_logical_id(logical_id)
 
 

@@ -6,13 +6,22 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from aws_cdk import Acknowledgment, ArnFormat, Duration, Environment, RemovalPolicy, Stack, Token, Validations
+from aws_cdk import (
+    Acknowledgment,
+    ArnFormat,
+    Duration,
+    Environment,
+    RemovalPolicy,
+    Stack,
+    Token,
+    Validations,
+    pipelines,
+)
 from aws_cdk import aws_codebuild as codebuild
 from aws_cdk import aws_codepipeline as codepipeline
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
-from aws_cdk import pipelines
 from constructs import Construct
 
 from stacks.endpoint import nag_resource
@@ -41,10 +50,10 @@ def smoke_test_commands() -> list[str]:
     """
     return [
         "aws --version",
-        "aws sagemaker-runtime invoke-endpoint --endpoint-name \"$ENDPOINT_NAME\" --target-model \"$TARGET_MODEL\""
+        'aws sagemaker-runtime invoke-endpoint --endpoint-name "$ENDPOINT_NAME" --target-model "$TARGET_MODEL"'
         " --content-type application/json --accept application/json --cli-binary-format raw-in-base64-out"
         f" --cli-read-timeout 90 --body '{SMOKE_TEST_BODY}' response.json"
-        " || { echo \"Smoke test failed. Is $TARGET_MODEL uploaded under $MODEL_DATA_URL? See docs/deploy.md\";"
+        ' || { echo "Smoke test failed. Is $TARGET_MODEL uploaded under $MODEL_DATA_URL? See docs/deploy.md";'
         " exit 1; }",
         "cat response.json",
         "python3 -c 'import json; json.load(open(\"response.json\"))'",
@@ -73,7 +82,10 @@ class PipelineStack(Stack):
         **kwargs: object,
     ) -> None:
         super().__init__(
-            scope, construct_id, description="CDK Pipelines pipeline of the multi-model endpoint", **kwargs  # type: ignore[arg-type]
+            scope,
+            construct_id,
+            description="CDK Pipelines pipeline of the multi-model endpoint",
+            **kwargs,  # type: ignore[arg-type]
         )
         self.artifact_key = kms.Key(
             self,
@@ -91,7 +103,9 @@ class PipelineStack(Stack):
             enforce_ssl=True,
             versioned=True,
             object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
-            lifecycle_rules=[s3.LifecycleRule(expiration=Duration.days(90), noncurrent_version_expiration=Duration.days(7))],
+            lifecycle_rules=[
+                s3.LifecycleRule(expiration=Duration.days(90), noncurrent_version_expiration=Duration.days(7))
+            ],
         )
         skip_self_logging(access_logs)
         self.artifact_bucket = s3.Bucket(
@@ -106,7 +120,9 @@ class PipelineStack(Stack):
             object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
             server_access_logs_bucket=access_logs,
             server_access_logs_prefix="artifacts/",
-            lifecycle_rules=[s3.LifecycleRule(expiration=Duration.days(30), noncurrent_version_expiration=Duration.days(1))],
+            lifecycle_rules=[
+                s3.LifecycleRule(expiration=Duration.days(30), noncurrent_version_expiration=Duration.days(1))
+            ],
         )
 
         source = pipelines.CodePipelineSource.connection(
@@ -236,18 +252,20 @@ class PipelineStack(Stack):
                 "Action::s3:List*",
                 "Action::kms:GenerateDataKey*",
                 "Action::kms:ReEncrypt*",
-                f"Resource::{artifacts}/*" if not artifacts.endswith("/*") else f"Resource::{artifacts}",
+                f"Resource::{artifacts}",
             )
         ]
         for project in self._codebuild_project_refs():
+            log_group = self._nag_arn("logs", "log-group", f"/aws/codebuild/{project}")
+            report_groups = self._nag_arn("codebuild", "report-group", f"{project}-*", "/")
             acks += [
                 Acknowledgment(
-                    id=f"AwsSolutions-IAM5[Resource::{self._nag_arn('logs', 'log-group', f'/aws/codebuild/{project}')}:*]",
+                    id=f"AwsSolutions-IAM5[Resource::{log_group}:*]",
                     reason="CodeBuild writes one log stream per build, with a generated name, into this project's "
                     "own log group.",
                 ),
                 Acknowledgment(
-                    id=f"AwsSolutions-IAM5[Resource::{self._nag_arn('codebuild', 'report-group', f'{project}-*', '/')}]",
+                    id=f"AwsSolutions-IAM5[Resource::{report_groups}]",
                     reason="CodeBuild report groups of this project are created per report with the project's "
                     "name as prefix.",
                 ),

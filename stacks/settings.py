@@ -255,7 +255,10 @@ def _validate_stage(s: StageSettings) -> None:
     _check_int(s, "alarm_overhead_latency_ms", 1, 60_000)
     _check_match(s, "ssm_prefix", SSM_PREFIX_PATTERN, 'an SSM path such as "/mme/dev" (no trailing "/")')
     _check_match(
-        s, "smoke_test_target_model", TARGET_MODEL_PATTERN, '"" or a key relative to model_prefix, e.g. "sentiment.tar.gz"'
+        s,
+        "smoke_test_target_model",
+        TARGET_MODEL_PATTERN,
+        '"" or a key relative to model_prefix, e.g. "sentiment.tar.gz"',
     )
 
 
@@ -276,8 +279,10 @@ def _stage_from_context(name: str, raw: object) -> StageSettings:
         # `-c` values and hand-edited JSON both arrive here; keep the types strict so typos fail loudly.
         if isinstance(default, bool) and not isinstance(value, bool):
             raise _fail(f"stages.{name}.{key}", "true | false", value)
-        if isinstance(default, int) and not isinstance(default, bool) and (
-            isinstance(value, bool) or not isinstance(value, int)
+        if (
+            isinstance(default, int)
+            and not isinstance(default, bool)
+            and (isinstance(value, bool) or not isinstance(value, int))
         ):
             raise _fail(f"stages.{name}.{key}", "an integer", value)
         if isinstance(default, str) and not isinstance(value, str):

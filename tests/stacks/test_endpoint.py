@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from aws_cdk.assertions import Match, Template
-
 from conftest import Synthesized
 
 #: The only actions allowed on Resource "*": neither supports resource-level permissions (see stacks/endpoint.py).
@@ -46,7 +45,8 @@ def test_model_is_multimodel_on_the_prefix_with_network_isolation(dev_endpoint: 
     assert container["Mode"] == "MultiModel"
     assert container["MultiModelConfig"] == {"ModelCacheSetting": "Enabled"}
     url = _flat(container["ModelDataUrl"])
-    assert url.startswith("s3://<SsmParameterValue") and url.endswith("/models/"), url
+    assert url.startswith("s3://<SsmParameterValue"), url
+    assert url.endswith("/models/"), url
     assert container["Environment"]["SAGEMAKER_MODEL_SERVER_WORKERS"] == "1"
     assert container["Environment"]["MME_MAX_TEXTS_PER_REQUEST"] == "64"
     assert "ecr" in _flat(container["Image"]) or "Fn::Sub" in container["Image"]

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from aws_cdk.assertions import Match, Template
+from conftest import Synthesized
 
 from stacks.model_store import ACCESS_LOG_BUCKET_LOGICAL_ID, MODEL_BUCKET_LOGICAL_ID, MODEL_KEY_LOGICAL_ID
-
-from conftest import Synthesized
 
 
 def test_stateful_logical_ids_are_pinned(dev_store: Template) -> None:
@@ -77,10 +76,7 @@ def test_captured_data_expires_but_models_do_not(dev_store: Template) -> None:
 
 
 def test_ssm_parameters_publish_bucket_key_and_prefix(dev_store: Template) -> None:
-    names = {
-        p["Properties"]["Name"]
-        for p in dev_store.find_resources("AWS::SSM::Parameter").values()
-    }
+    names = {p["Properties"]["Name"] for p in dev_store.find_resources("AWS::SSM::Parameter").values()}
     assert names == {"/mme/dev/bucket", "/mme/dev/key-arn", "/mme/dev/model-prefix"}
 
 

@@ -17,7 +17,6 @@ import pytest
 from aws_cdk import App, Stack, Validations
 from aws_cdk import aws_iam as iam
 from cdk_nag import AwsSolutionsChecks
-
 from conftest import REPO_ROOT, Synthesized, cdk_json_context
 
 CFN_LINT = Path(sys.executable).parent / "cfn-lint"
@@ -75,8 +74,18 @@ def test_cfn_lint_is_clean_on_every_template(synthesized: Synthesized) -> None:
 def test_checkov_is_clean_on_the_templates(synthesized: Synthesized) -> None:
     checkov = _tool(CHECKOV_VENV / "checkov")
     result = _run(
-        [checkov, "-d", str(synthesized.outdir), "--framework", "cloudformation", "--compact", "--quiet",
-         "--skip-download", "--output", "json"]
+        [
+            checkov,
+            "-d",
+            str(synthesized.outdir),
+            "--framework",
+            "cloudformation",
+            "--compact",
+            "--quiet",
+            "--skip-download",
+            "--output",
+            "json",
+        ]
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     summary = json.loads(result.stdout)["summary"]
@@ -87,8 +96,18 @@ def test_checkov_is_clean_on_the_templates(synthesized: Synthesized) -> None:
 def test_checkov_is_clean_on_the_dockerfile() -> None:
     checkov = _tool(CHECKOV_VENV / "checkov")
     result = _run(
-        [checkov, "-f", str(REPO_ROOT / "container" / "Dockerfile"), "--framework", "dockerfile", "--compact",
-         "--quiet", "--skip-download", "--output", "json"]
+        [
+            checkov,
+            "-f",
+            str(REPO_ROOT / "container" / "Dockerfile"),
+            "--framework",
+            "dockerfile",
+            "--compact",
+            "--quiet",
+            "--skip-download",
+            "--output",
+            "json",
+        ]
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert json.loads(result.stdout)["summary"]["failed"] == 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from aws_cdk.assertions import Match, Template
-
 from conftest import TEST_CONNECTION_ARN, Synthesized
 
 
@@ -86,7 +85,11 @@ def test_smoke_test_invokes_the_demo_target_model(pipeline_template: Template) -
         {
             "Source": {"BuildSpec": Match.string_like_regexp(r"invoke-endpoint.*--target-model")},
             "Environment": Match.object_like(
-                {"EnvironmentVariables": Match.array_with([{"Name": "TARGET_MODEL", "Type": "PLAINTEXT", "Value": "sentiment.tar.gz"}])}
+                {
+                    "EnvironmentVariables": Match.array_with(
+                        [{"Name": "TARGET_MODEL", "Type": "PLAINTEXT", "Value": "sentiment.tar.gz"}]
+                    )
+                }
             ),
         },
     )

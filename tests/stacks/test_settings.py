@@ -24,7 +24,8 @@ def test_defaults_without_context_give_one_dev_stage_and_no_pipeline() -> None:
 
 def test_prod_stage_is_protected_and_gated_by_default() -> None:
     prod = load_app_settings({"stages": {"prod": {}}}).stages[0]
-    assert prod.termination_protection and prod.require_approval
+    assert prod.termination_protection
+    assert prod.require_approval
 
 
 def test_stage_order_follows_context_and_accepts_a_json_string() -> None:

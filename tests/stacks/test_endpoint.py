@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from aws_cdk.assertions import Match, Template
-from conftest import Synthesized
+from cdk_synth import Synthesized
 
 #: The only actions allowed on Resource "*": neither supports resource-level permissions (see stacks/endpoint.py).
 DOCUMENTED_STAR_ACTIONS = {"ecr:GetAuthorizationToken", "cloudwatch:PutMetricData"}
@@ -120,7 +120,7 @@ def test_image_pull_is_limited_to_the_asset_repository(dev_endpoint: Template) -
 
 
 def test_capture_adds_put_on_capture_prefix_only(tmp_path_factory: Any) -> None:
-    from conftest import synth_app
+    from cdk_synth import synth_app
 
     synthesized = synth_app(
         tmp_path_factory.mktemp("capture"),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from aws_cdk.assertions import Match, Template
-from conftest import Synthesized
+from cdk_synth import Synthesized
 
 from stacks.model_store import ACCESS_LOG_BUCKET_LOGICAL_ID, MODEL_BUCKET_LOGICAL_ID, MODEL_KEY_LOGICAL_ID
 

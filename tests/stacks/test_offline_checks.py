@@ -17,7 +17,7 @@ import pytest
 from aws_cdk import App, Stack, Validations
 from aws_cdk import aws_iam as iam
 from cdk_nag import AwsSolutionsChecks
-from conftest import REPO_ROOT, Synthesized, cdk_json_context
+from cdk_synth import REPO_ROOT, Synthesized, cdk_json_context
 
 CFN_LINT = Path(sys.executable).parent / "cfn-lint"
 CHECKOV_VENV = REPO_ROOT / ".venv-checkov" / "bin"

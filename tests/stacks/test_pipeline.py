@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from aws_cdk.assertions import Match, Template
-from conftest import TEST_CONNECTION_ARN, Synthesized
+from cdk_synth import TEST_CONNECTION_ARN, Synthesized
 
 
 def _pipeline(template: Template) -> dict[str, Any]:

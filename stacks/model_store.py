@@ -21,7 +21,7 @@ from constructs import Construct
 
 from stacks.settings import StageSettings
 
-#: Logical IDs of the stateful resources. They are pinned (tests/stacks/test_model_store.py) because a new logical
+#: Logical IDs of the stateful resources. They are pinned (tests/stacks/test_model_store_stack.py) because a new logical
 #: ID makes CloudFormation create a new bucket/key and orphan the retained old ones with every model in them.
 MODEL_BUCKET_LOGICAL_ID = "ModelBucket"
 MODEL_KEY_LOGICAL_ID = "ModelStoreKey"

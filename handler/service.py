@@ -18,6 +18,8 @@ from handler.settings import ServingSettings
 
 logger = logging.getLogger(__name__)
 
+CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
+
 # One worker process serves one model: the loaded classifier lives as long as the worker.
 _classifier: TextClassifier | None = None
 _settings: ServingSettings | None = None
@@ -74,5 +76,9 @@ def handle(data: list[dict[str, Any]] | None, context: Any) -> list[bytes] | Non
             context.set_response_status(error.status, error.message, index)
             body, content_type = encode_error(error.message), "application/json"
         context.set_response_content_type(index, content_type)
+        attributes = _headers(context, index).get(CUSTOM_ATTRIBUTES.lower())
+        if attributes:
+            # Echoed, so a caller's trace id comes back with its answer (SageMaker returns what the model sets).
+            context.set_response_header(index, CUSTOM_ATTRIBUTES, attributes)
         responses.append(body)
     return responses

@@ -225,13 +225,19 @@ class ModelCache:
             await self._make_room()
             started = time.monotonic()
             workers_before = {process.pid for process in self.container.worker_processes()}
+            attempts_left = 1
             while True:
                 answer = await self._call("POST", "/models", json={"model_name": name, "url": str(path)})
-                if answer.status in (200, 409):  # 409: still loaded from before a front-end restart
+                if answer.status == 200:
                     break
                 # MMS keeps a failed model registered with no workers (and may leave a worker blocked): clean up.
-                await self._unload_from_container(name)
+                removed = await self._unload_from_container(name)
                 self._kill_new_workers(workers_before)
+                logger.info("loading %s answered %d; unregistered it [%d]", key, answer.status, removed.status)
+                if answer.status == 409 and attempts_left > 0:
+                    # Registered but not serving (a load that failed before): now unregistered, so load again.
+                    attempts_left -= 1
+                    continue
                 if answer.status == 507:
                     victim = self._least_recently_used()
                     if victim is not None:

@@ -1,0 +1,174 @@
+"""`mme serve` answered by an unmodified boto3 SageMaker Runtime client, like an endpoint on AWS."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+import pytest
+from botocore.exceptions import ClientError
+from conftest import ServedEndpoint
+
+from mme.container import processes_under
+
+
+@pytest.fixture(scope="module")
+def endpoint(serve: Callable[..., ServedEndpoint], store: Path) -> ServedEndpoint:
+    return serve(store, "--container-env", "MME_MAX_TEXTS_PER_REQUEST=8")
+
+
+def _invoke(endpoint: ServedEndpoint, model: str, payload: object, **extra: str) -> dict:
+    return endpoint.client().invoke_endpoint(
+        EndpointName="local", TargetModel=model, ContentType="application/json", Body=json.dumps(payload), **extra
+    )
+
+
+def _error(call: Callable[[], object]) -> ClientError:
+    with pytest.raises(ClientError) as caught:
+        call()
+    return caught.value
+
+
+def test_two_models_on_one_endpoint(endpoint: ServedEndpoint) -> None:
+    answer = _invoke(endpoint, "sentiment.tar.gz", {"input_text": "I loved this film, it was wonderful"},
+                     CustomAttributes="trace=42")  # fmt: skip
+    assert json.loads(answer["Body"].read())["label"] == "positive"
+    assert answer["ContentType"] == "application/json"
+    assert answer["InvokedProductionVariant"] == "AllTraffic"
+    assert answer["CustomAttributes"] == "trace=42"
+    topic = _invoke(endpoint, "topic.tar.gz", {"inputs": ["the striker scored twice in the final match"]})
+    assert [item["label"] for item in json.loads(topic["Body"].read())] == ["sports"]
+
+
+def test_nested_key_under_the_prefix_is_a_model(endpoint: ServedEndpoint) -> None:
+    answer = _invoke(endpoint, "team-a/topic-v2.tar.gz", {"input_text": "the new laptop ships with a faster processor"})
+    assert json.loads(answer["Body"].read())["label"] == "tech"
+
+
+def test_json_lines_through_boto3(endpoint: ServedEndpoint) -> None:
+    body = '{"input_text": "I hated it, awful"}\n{"input_text": "wonderful, I loved it"}\n'
+    answer = endpoint.client().invoke_endpoint(
+        EndpointName="local", TargetModel="sentiment.tar.gz", ContentType="application/jsonlines", Body=body
+    )
+    assert answer["ContentType"] == "application/jsonlines"
+    labels = [json.loads(line)["label"] for line in answer["Body"].read().decode().splitlines()]
+    assert labels == ["negative", "positive"]
+
+
+def test_unknown_endpoint_name_is_a_validation_error(endpoint: ServedEndpoint) -> None:
+    client = endpoint.client()
+    error = _error(lambda: client.invoke_endpoint(EndpointName="prod", TargetModel="sentiment.tar.gz", Body=b"{}"))
+    assert isinstance(error, client.exceptions.ValidationError)
+    assert "Endpoint prod not found" in error.response["Error"]["Message"]
+
+
+def test_missing_target_model_is_a_validation_error(endpoint: ServedEndpoint) -> None:
+    client = endpoint.client()
+    error = _error(lambda: client.invoke_endpoint(EndpointName="local", ContentType="application/json", Body=b"{}"))
+    assert isinstance(error, client.exceptions.ValidationError)
+    assert "X-Amzn-SageMaker-Target-Model is required" in error.response["Error"]["Message"]
+
+
+@pytest.mark.parametrize("model", ["nothing-here.tar.gz", "../sentiment.tar.gz"])
+def test_unknown_or_escaping_model_is_a_validation_error(endpoint: ServedEndpoint, model: str) -> None:
+    client = endpoint.client()
+    error = _error(lambda: _invoke(endpoint, model, {"input_text": "hi"}))
+    assert isinstance(error, client.exceptions.ValidationError)
+    assert model in error.response["Error"]["Message"]
+
+
+def test_bad_input_is_a_model_error_carrying_the_container_answer(endpoint: ServedEndpoint) -> None:
+    client = endpoint.client()
+    error = _error(lambda: _invoke(endpoint, "sentiment.tar.gz", {"inputs": ["x"] * 9}))
+    assert isinstance(error, client.exceptions.ModelError)
+    assert error.response["OriginalStatusCode"] == 400
+    assert "at most 8" in error.response["OriginalMessage"]
+    # The model keeps serving.
+    assert json.loads(_invoke(endpoint, "sentiment.tar.gz", {"input_text": "I loved it"})["Body"].read())
+
+
+def test_model_out_of_memory_is_a_model_error_and_others_keep_serving(endpoint: ServedEndpoint) -> None:
+    client = endpoint.client()
+    error = _error(lambda: _invoke(endpoint, "greedy.tar.gz", {"input_text": "hi"}))
+    assert isinstance(error, client.exceptions.ModelError)
+    assert error.response["OriginalStatusCode"] == 507
+    answer = _invoke(endpoint, "topic.tar.gz", {"input_text": "simmer the garlic and tomatoes for the pasta sauce"})
+    assert json.loads(answer["Body"].read())["label"] == "food"
+
+
+@pytest.mark.parametrize("model", ["escape.tar.gz", "symlink.tar.gz"])
+def test_hostile_archive_is_refused_and_nothing_is_written_outside_the_cache(
+    endpoint: ServedEndpoint, store: Path, model: str
+) -> None:
+    client = endpoint.client()
+    error = _error(lambda: _invoke(endpoint, model, {"input_text": "hi"}))
+    assert isinstance(error, client.exceptions.ValidationError)
+    assert "refused" in error.response["Error"]["Message"]
+    assert not list(endpoint.tmp_dir.rglob("escaped.txt"))
+    assert not list(store.parent.rglob("escaped.txt"))
+    assert not any(path.is_symlink() for path in endpoint.cache_dir.rglob("*"))
+
+
+def test_concurrent_first_invocations_cause_exactly_one_load(endpoint: ServedEndpoint) -> None:
+    loads_before = endpoint.metric("mme_model_loads_total")
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(
+            pool.map(
+                lambda _: _invoke(endpoint, "sentiment-copy.tar.gz", {"input_text": "awful, I hated it"}), range(8)
+            )
+        )
+    assert [json.loads(answer["Body"].read())["label"] for answer in answers] == ["negative"] * 8
+    assert endpoint.metric("mme_model_loads_total") == loads_before + 1
+
+
+def test_metrics_count_invocations_errors_and_loaded_models(endpoint: ServedEndpoint) -> None:
+    assert endpoint.metric("mme_invocations_total", 'model="sentiment.tar.gz"') >= 1
+    assert endpoint.metric("mme_invocation_errors_total", 'error="ValidationError",model="nothing-here.tar.gz"') == 1
+    # The model that never fits made room by unloading every other model (SageMaker's retry on 507) first.
+    assert endpoint.metric("mme_model_evictions_total") >= 3
+    assert endpoint.metric("mme_loaded_models") >= 2
+    assert endpoint.metric("mme_cache_hits_total") >= 1
+    assert endpoint.metric("mme_cache_misses_total") >= 3
+    assert endpoint.metric("mme_model_load_seconds_count") >= 3
+
+
+def test_dead_container_is_service_unavailable_then_restarted(endpoint: ServedEndpoint) -> None:
+    client = endpoint.client()
+    java = [p for p in processes_under(endpoint.tmp_dir) if p.name() == "java"]
+    assert java, "no MMS front end found"
+    for process in java:
+        process.send_signal(signal.SIGKILL)
+    psutil.wait_procs(java, timeout=10)
+    error = _error(lambda: _invoke(endpoint, "sentiment.tar.gz", {"input_text": "I loved it"}))
+    assert isinstance(error, client.exceptions.ServiceUnavailable)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            answer = _invoke(endpoint, "sentiment.tar.gz", {"input_text": "I loved it, wonderful"})
+            break
+        except client.exceptions.ServiceUnavailable:
+            assert time.monotonic() < deadline, "the container was not restarted"
+            time.sleep(0.5)
+    assert json.loads(answer["Body"].read())["label"] == "positive"
+
+
+def test_sigint_stops_everything_and_the_cache_stays_usable(
+    serve: Callable[..., ServedEndpoint], store: Path, endpoint: ServedEndpoint
+) -> None:
+    first = serve(store)
+    assert json.loads(_invoke(first, "topic.tar.gz", {"input_text": "a cheap flight and a hotel"})["Body"].read())
+    assert first.stop(signal.SIGINT) == 0
+    assert processes_under(first.tmp_dir) == []
+    again = serve(store, "--cache-dir", str(first.cache_dir))
+    answer = _invoke(again, "topic.tar.gz", {"input_text": "we booked a cheap flight and a hotel by the beach"})
+    assert json.loads(answer["Body"].read())["label"] == "travel"
+    # The extracted model was reused: nothing was downloaded again.
+    assert again.metric("mme_model_download_seconds_count") == 0
+    assert again.stop(signal.SIGTERM) == 0
+    assert os.listdir(first.cache_dir / "downloads") == []

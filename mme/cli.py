@@ -106,36 +106,46 @@ def demo(
     models: Annotated[Path, typer.Option(help="Folder holding sentiment.tar.gz and topic.tar.gz.")] = Path(
         "build/demo-models"
     ),
+    cache_dir: Annotated[Path, typer.Option(help="The endpoint's model cache.")] = Path("build/mme-cache"),
 ) -> None:
-    """Start the serving container's entrypoint, load both demo models, print predictions, stop."""
-    from mme.archive import extract_archive
-    from mme.container import LocalContainer
+    """Start `mme serve` on the demo models, call both through boto3, print the predictions, shut down."""
+    from mme.container import ContainerError
+    from mme.serve_process import ServeProcess
 
-    archives = {name: models / f"{name}{ARCHIVE_SUFFIX}" for name in DEMO_SENTENCES}
-    missing = [str(path) for path in archives.values() if not path.is_file()]
+    missing = [name for name in DEMO_SENTENCES if not (models / f"{name}{ARCHIVE_SUFFIX}").is_file()]
     if missing:
-        raise _fail(f"missing {', '.join(missing)}: run `mme demo-models --out {models}` first")
-    with tempfile.TemporaryDirectory(prefix="mme-demo-") as work_name:
-        work = Path(work_name)
-        typer.echo("starting the serving container's entrypoint (MMS) ...")
-        with LocalContainer(work / "run") as container:
-            for name, archive in archives.items():
-                try:
-                    model_dir = extract_archive(archive, work / "models" / name)
-                except ArchiveError as error:
-                    raise _fail(str(error)) from None
-                loaded = container.client.load(name, model_dir)
-                if loaded.status != 200:
-                    raise _fail(f"loading {name} failed with {loaded.status}: {loaded.body.decode(errors='replace')}")
-                typer.echo(f"loaded {name}")
-                for text in DEMO_SENTENCES[name]:
-                    answer = container.client.invoke(name, json.dumps({"input_text": text}))
-                    result = answer.json()
-                    if answer.status != 200:
-                        raise _fail(f"{name} answered {answer.status}: {result}")
+        raise _fail(f"{models} has no {', '.join(missing)}: run `mme demo-models --out {models}` first")
+    with tempfile.TemporaryDirectory(prefix="mme-demo-") as work:
+        typer.echo(f"starting `mme serve --store {models}` (the container's MMS behind a SageMaker-style front end)")
+        try:
+            endpoint = ServeProcess(models, tmp_dir=Path(work), cache_dir=cache_dir).start()
+        except ContainerError as error:
+            raise _fail(str(error)) from None
+        try:
+            client = endpoint.client(retries=3)
+            typer.echo(
+                f"endpoint 'local' on {endpoint.url}; boto3: invoke_endpoint(EndpointName='local', TargetModel=...)"
+            )
+            for name, texts in DEMO_SENTENCES.items():
+                key = f"{name}{ARCHIVE_SUFFIX}"
+                for text in texts:
+                    answer = client.invoke_endpoint(
+                        EndpointName="local",
+                        TargetModel=key,
+                        ContentType="application/json",
+                        Body=json.dumps({"input_text": text}),
+                    )
+                    result = json.loads(answer["Body"].read())
                     confidence = result["scores"][result["label"]]
-                    typer.echo(f"  {name:9} {result['label']:9} {confidence:5.1%}  {text}")
-        typer.echo("stopped")
+                    typer.echo(f"  {key:18} {result['label']:9} {confidence:6.1%}  {text}")
+            typer.echo(
+                f"cache: {endpoint.metric('mme_cache_hits_total'):.0f} hits, "
+                f"{endpoint.metric('mme_cache_misses_total'):.0f} misses, "
+                f"{endpoint.metric('mme_loaded_models'):.0f} models loaded"
+            )
+        finally:
+            status = endpoint.stop()
+        typer.echo(f"stopped (exit status {status})")
 
 
 _SIZE_UNITS = {
@@ -263,6 +273,8 @@ def invoke(
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
+    from mme.serve_process import DUMMY_CREDENTIALS
+
     if (text is None) == (file is None):
         raise _fail("give exactly one of --text and --file")
     if text is not None:
@@ -276,8 +288,7 @@ def invoke(
     if endpoint_url is not None:
         options["endpoint_url"] = endpoint_url
         if session.get_credentials() is None:
-            # A local endpoint does not check signatures; botocore still wants something to sign with.
-            options.update(aws_access_key_id="local", aws_secret_access_key="local")  # noqa: S106
+            options.update(DUMMY_CREDENTIALS)
         if session.region_name is None:
             options["region_name"] = "us-east-1"
     client = session.client("sagemaker-runtime", **options)

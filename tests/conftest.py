@@ -47,8 +47,7 @@ def demo_model_dirs(demo_archives: dict[str, Path], tmp_path_factory: pytest.Tem
     return dirs
 
 
-def copy_tokenizer(model_dir: Path, destination: Path) -> Path:
-    """Copy the tokenizer files (everything but the SavedModel and manifest) of a model folder."""
+def _copy_tokenizer(model_dir: Path, destination: Path) -> Path:
     destination.mkdir(parents=True, exist_ok=True)
     for item in model_dir.iterdir():
         if item.is_file() and item.name != "mme.json":
@@ -57,7 +56,13 @@ def copy_tokenizer(model_dir: Path, destination: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def oom_model_dir(demo_model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def demo_tokenizer(demo_model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sentiment model's tokenizer files alone (what ``save_pretrained`` wrote), in a folder of their own."""
+    return _copy_tokenizer(demo_model_dirs["sentiment"], tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def oom_model_dir(demo_tokenizer: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model whose signature asks TensorFlow for a 4 TiB tensor: loading it (the warm-up) runs out of memory."""
     import tensorflow as tf
 
@@ -73,5 +78,5 @@ def oom_model_dir(demo_model_dirs: dict[str, Path], tmp_path_factory: pytest.Tem
     root = tmp_path_factory.mktemp("oom-model")
     module = Greedy()
     tf.saved_model.save(module, str(root / "0"), signatures={"serving_default": module.serve})
-    copy_tokenizer(demo_model_dirs["sentiment"], root)
+    shutil.copytree(demo_tokenizer, root, dirs_exist_ok=True)
     return root

@@ -6,7 +6,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import copy_tokenizer
 from typer.testing import CliRunner
 
 from mme.archive import extract_archive, validate_model_dir
@@ -16,10 +15,8 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def inputs(tmp_path: Path, demo_model_dirs: dict[str, Path]) -> tuple[Path, Path]:
-    saved_model = demo_model_dirs["sentiment"] / "0"
-    tokenizer = copy_tokenizer(demo_model_dirs["sentiment"], tmp_path / "tokenizer")
-    return saved_model, tokenizer
+def inputs(demo_model_dirs: dict[str, Path], demo_tokenizer: Path) -> tuple[Path, Path]:
+    return demo_model_dirs["sentiment"] / "0", demo_tokenizer
 
 
 def test_package_builds_an_archive_the_handler_serves(inputs: tuple[Path, Path], tmp_path: Path) -> None:

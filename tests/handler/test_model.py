@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import tensorflow as tf
-from conftest import copy_tokenizer
 
 from handler.errors import ModelLoadError, ModelOutOfMemoryError
 from handler.model import find_saved_model, load_model_dir
@@ -47,22 +46,23 @@ def test_highest_numeric_version_folder_is_served(tmp_path: Path, demo_model_dir
 
 
 def test_original_zero_only_archive_uses_the_default_tokenizer(
-    tmp_path: Path, demo_model_dirs: dict[str, Path]
+    tmp_path: Path, demo_model_dirs: dict[str, Path], demo_tokenizer: Path
 ) -> None:
     original = tmp_path / "original"
     shutil.copytree(demo_model_dirs["sentiment"] / "0", original / "0")
     shutil.copy2(demo_model_dirs["sentiment"] / "mme.json", original / "mme.json")
     with pytest.raises(ModelLoadError, match="no tokenizer"):
         load_model_dir(original, SETTINGS)
-    default_tokenizer = copy_tokenizer(demo_model_dirs["sentiment"], tmp_path / "default-tokenizer")
-    classifier = load_model_dir(original, ServingSettings(default_tokenizer_dir=default_tokenizer))
+    classifier = load_model_dir(original, ServingSettings(default_tokenizer_dir=demo_tokenizer))
     assert classifier.predict(["I loved it, wonderful"])[0].label == "positive"
 
 
-def test_tokenizer_in_a_tokenizer_folder_is_found(tmp_path: Path, demo_model_dirs: dict[str, Path]) -> None:
+def test_tokenizer_in_a_tokenizer_folder_is_found(
+    tmp_path: Path, demo_model_dirs: dict[str, Path], demo_tokenizer: Path
+) -> None:
     model = tmp_path / "m"
     shutil.copytree(demo_model_dirs["sentiment"] / "0", model / "0")
-    copy_tokenizer(demo_model_dirs["sentiment"], model / "tokenizer")
+    shutil.copytree(demo_tokenizer, model / "tokenizer")
     assert load_model_dir(model, SETTINGS).labels == ("LABEL_0", "LABEL_1")
 
 
@@ -72,13 +72,11 @@ def test_folder_without_saved_model_names_what_is_missing(tmp_path: Path) -> Non
         load_model_dir(tmp_path, SETTINGS)
 
 
-def test_saved_model_without_serving_signature_is_a_load_error(
-    tmp_path: Path, demo_model_dirs: dict[str, Path]
-) -> None:
+def test_saved_model_without_serving_signature_is_a_load_error(tmp_path: Path, demo_tokenizer: Path) -> None:
     module = tf.Module()
     module.weight = tf.Variable(1.0)
     tf.saved_model.save(module, str(tmp_path / "0"))
-    copy_tokenizer(demo_model_dirs["sentiment"], tmp_path)
+    shutil.copytree(demo_tokenizer, tmp_path, dirs_exist_ok=True)
     with pytest.raises(ModelLoadError, match="no 'serving_default' signature"):
         load_model_dir(tmp_path, SETTINGS)
 

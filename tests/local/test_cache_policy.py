@@ -9,19 +9,20 @@ from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
-from conftest import ServedEndpoint
+
+from mme.serve_process import ServeProcess
 
 ROUND_ROBIN = ["sentiment.tar.gz", "topic.tar.gz", "sentiment-copy.tar.gz"] * 3
 
 
-def _label(endpoint: ServedEndpoint, model: str, text: str) -> str:
+def _label(endpoint: ServeProcess, model: str, text: str) -> str:
     answer = endpoint.client().invoke_endpoint(
         EndpointName="local", TargetModel=model, ContentType="text/plain", Body=text
     )
     return json.loads(answer["Body"].read())["label"]
 
 
-def _round_robin(endpoint: ServedEndpoint) -> None:
+def _round_robin(endpoint: ServeProcess) -> None:
     for model in ROUND_ROBIN:
         expected = "sports" if model.startswith("topic") else "positive"
         text = "the striker scored twice in the final match" if expected == "sports" else "I loved it, wonderful"
@@ -29,7 +30,7 @@ def _round_robin(endpoint: ServedEndpoint) -> None:
 
 
 def test_budget_of_one_model_round_robin_over_three_all_succeed(
-    serve: Callable[..., ServedEndpoint], store: Path
+    serve: Callable[..., ServeProcess], store: Path
 ) -> None:
     endpoint = serve(store, "--max-loaded-models", "1")
     _round_robin(endpoint)
@@ -39,7 +40,7 @@ def test_budget_of_one_model_round_robin_over_three_all_succeed(
     endpoint.stop()
 
 
-def test_memory_budget_below_two_models_keeps_one_loaded(serve: Callable[..., ServedEndpoint], store: Path) -> None:
+def test_memory_budget_below_two_models_keeps_one_loaded(serve: Callable[..., ServeProcess], store: Path) -> None:
     # One worker with TensorFlow takes a few hundred MB: 1 byte lets only one model stay.
     endpoint = serve(store, "--memory-budget", "1")
     _round_robin(endpoint)
@@ -48,7 +49,7 @@ def test_memory_budget_below_two_models_keeps_one_loaded(serve: Callable[..., Se
     endpoint.stop()
 
 
-def test_disabled_model_cache_unloads_after_every_invocation(serve: Callable[..., ServedEndpoint], store: Path) -> None:
+def test_disabled_model_cache_unloads_after_every_invocation(serve: Callable[..., ServeProcess], store: Path) -> None:
     endpoint = serve(store, "--model-cache", "disabled")
     assert _label(endpoint, "sentiment.tar.gz", "I loved it, wonderful") == "positive"
     assert _label(endpoint, "sentiment.tar.gz", "awful, I hated every minute") == "negative"
@@ -60,7 +61,7 @@ def test_disabled_model_cache_unloads_after_every_invocation(serve: Callable[...
 
 
 def test_request_during_a_slow_load_is_model_not_ready_and_the_load_goes_on(
-    serve: Callable[..., ServedEndpoint], store: Path
+    serve: Callable[..., ServeProcess], store: Path
 ) -> None:
     endpoint = serve(store, "--load-wait-seconds", "0.05")
     client = endpoint.client()

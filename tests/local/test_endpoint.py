@@ -13,17 +13,17 @@ from pathlib import Path
 import psutil
 import pytest
 from botocore.exceptions import ClientError
-from conftest import ServedEndpoint
 
 from mme.container import processes_under
+from mme.serve_process import ServeProcess
 
 
 @pytest.fixture(scope="module")
-def endpoint(serve: Callable[..., ServedEndpoint], store: Path) -> ServedEndpoint:
+def endpoint(serve: Callable[..., ServeProcess], store: Path) -> ServeProcess:
     return serve(store, "--container-env", "MME_MAX_TEXTS_PER_REQUEST=8")
 
 
-def _invoke(endpoint: ServedEndpoint, model: str, payload: object, **extra: str) -> dict:
+def _invoke(endpoint: ServeProcess, model: str, payload: object, **extra: str) -> dict:
     return endpoint.client().invoke_endpoint(
         EndpointName="local", TargetModel=model, ContentType="application/json", Body=json.dumps(payload), **extra
     )
@@ -35,7 +35,7 @@ def _error(call: Callable[[], object]) -> ClientError:
     return caught.value
 
 
-def test_two_models_on_one_endpoint(endpoint: ServedEndpoint) -> None:
+def test_two_models_on_one_endpoint(endpoint: ServeProcess) -> None:
     answer = _invoke(endpoint, "sentiment.tar.gz", {"input_text": "I loved this film, it was wonderful"},
                      CustomAttributes="trace=42")  # fmt: skip
     assert json.loads(answer["Body"].read())["label"] == "positive"
@@ -46,12 +46,12 @@ def test_two_models_on_one_endpoint(endpoint: ServedEndpoint) -> None:
     assert [item["label"] for item in json.loads(topic["Body"].read())] == ["sports"]
 
 
-def test_nested_key_under_the_prefix_is_a_model(endpoint: ServedEndpoint) -> None:
+def test_nested_key_under_the_prefix_is_a_model(endpoint: ServeProcess) -> None:
     answer = _invoke(endpoint, "team-a/topic-v2.tar.gz", {"input_text": "the new laptop ships with a faster processor"})
     assert json.loads(answer["Body"].read())["label"] == "tech"
 
 
-def test_json_lines_through_boto3(endpoint: ServedEndpoint) -> None:
+def test_json_lines_through_boto3(endpoint: ServeProcess) -> None:
     body = '{"input_text": "I hated it, awful"}\n{"input_text": "wonderful, I loved it"}\n'
     answer = endpoint.client().invoke_endpoint(
         EndpointName="local", TargetModel="sentiment.tar.gz", ContentType="application/jsonlines", Body=body
@@ -61,14 +61,14 @@ def test_json_lines_through_boto3(endpoint: ServedEndpoint) -> None:
     assert labels == ["negative", "positive"]
 
 
-def test_unknown_endpoint_name_is_a_validation_error(endpoint: ServedEndpoint) -> None:
+def test_unknown_endpoint_name_is_a_validation_error(endpoint: ServeProcess) -> None:
     client = endpoint.client()
     error = _error(lambda: client.invoke_endpoint(EndpointName="prod", TargetModel="sentiment.tar.gz", Body=b"{}"))
     assert isinstance(error, client.exceptions.ValidationError)
     assert "Endpoint prod not found" in error.response["Error"]["Message"]
 
 
-def test_missing_target_model_is_a_validation_error(endpoint: ServedEndpoint) -> None:
+def test_missing_target_model_is_a_validation_error(endpoint: ServeProcess) -> None:
     client = endpoint.client()
     error = _error(lambda: client.invoke_endpoint(EndpointName="local", ContentType="application/json", Body=b"{}"))
     assert isinstance(error, client.exceptions.ValidationError)
@@ -76,14 +76,14 @@ def test_missing_target_model_is_a_validation_error(endpoint: ServedEndpoint) ->
 
 
 @pytest.mark.parametrize("model", ["nothing-here.tar.gz", "../sentiment.tar.gz"])
-def test_unknown_or_escaping_model_is_a_validation_error(endpoint: ServedEndpoint, model: str) -> None:
+def test_unknown_or_escaping_model_is_a_validation_error(endpoint: ServeProcess, model: str) -> None:
     client = endpoint.client()
     error = _error(lambda: _invoke(endpoint, model, {"input_text": "hi"}))
     assert isinstance(error, client.exceptions.ValidationError)
     assert model in error.response["Error"]["Message"]
 
 
-def test_bad_input_is_a_model_error_carrying_the_container_answer(endpoint: ServedEndpoint) -> None:
+def test_bad_input_is_a_model_error_carrying_the_container_answer(endpoint: ServeProcess) -> None:
     client = endpoint.client()
     error = _error(lambda: _invoke(endpoint, "sentiment.tar.gz", {"inputs": ["x"] * 9}))
     assert isinstance(error, client.exceptions.ModelError)
@@ -93,7 +93,7 @@ def test_bad_input_is_a_model_error_carrying_the_container_answer(endpoint: Serv
     assert json.loads(_invoke(endpoint, "sentiment.tar.gz", {"input_text": "I loved it"})["Body"].read())
 
 
-def test_model_out_of_memory_is_a_model_error_and_others_keep_serving(endpoint: ServedEndpoint) -> None:
+def test_model_out_of_memory_is_a_model_error_and_others_keep_serving(endpoint: ServeProcess) -> None:
     client = endpoint.client()
     error = _error(lambda: _invoke(endpoint, "greedy.tar.gz", {"input_text": "hi"}))
     assert isinstance(error, client.exceptions.ModelError)
@@ -104,7 +104,7 @@ def test_model_out_of_memory_is_a_model_error_and_others_keep_serving(endpoint: 
 
 @pytest.mark.parametrize("model", ["escape.tar.gz", "symlink.tar.gz"])
 def test_hostile_archive_is_refused_and_nothing_is_written_outside_the_cache(
-    endpoint: ServedEndpoint, store: Path, model: str
+    endpoint: ServeProcess, store: Path, model: str
 ) -> None:
     client = endpoint.client()
     error = _error(lambda: _invoke(endpoint, model, {"input_text": "hi"}))
@@ -115,7 +115,7 @@ def test_hostile_archive_is_refused_and_nothing_is_written_outside_the_cache(
     assert not any(path.is_symlink() for path in endpoint.cache_dir.rglob("*"))
 
 
-def test_concurrent_first_invocations_cause_exactly_one_load(endpoint: ServedEndpoint) -> None:
+def test_concurrent_first_invocations_cause_exactly_one_load(endpoint: ServeProcess) -> None:
     loads_before = endpoint.metric("mme_model_loads_total")
     with ThreadPoolExecutor(8) as pool:
         answers = list(
@@ -127,7 +127,7 @@ def test_concurrent_first_invocations_cause_exactly_one_load(endpoint: ServedEnd
     assert endpoint.metric("mme_model_loads_total") == loads_before + 1
 
 
-def test_metrics_count_invocations_errors_and_loaded_models(endpoint: ServedEndpoint) -> None:
+def test_metrics_count_invocations_errors_and_loaded_models(endpoint: ServeProcess) -> None:
     assert endpoint.metric("mme_invocations_total", 'model="sentiment.tar.gz"') >= 1
     assert endpoint.metric("mme_invocation_errors_total", 'error="ValidationError",model="nothing-here.tar.gz"') == 1
     # The model that never fits made room by unloading every other model (SageMaker's retry on 507) first.
@@ -138,7 +138,7 @@ def test_metrics_count_invocations_errors_and_loaded_models(endpoint: ServedEndp
     assert endpoint.metric("mme_model_load_seconds_count") >= 3
 
 
-def test_dead_container_is_service_unavailable_then_restarted(endpoint: ServedEndpoint) -> None:
+def test_dead_container_is_service_unavailable_then_restarted(endpoint: ServeProcess) -> None:
     client = endpoint.client()
     java = [p for p in processes_under(endpoint.tmp_dir) if p.name() == "java"]
     assert java, "no MMS front end found"
@@ -159,7 +159,7 @@ def test_dead_container_is_service_unavailable_then_restarted(endpoint: ServedEn
 
 
 def test_sigint_stops_everything_and_the_cache_stays_usable(
-    serve: Callable[..., ServedEndpoint], store: Path, endpoint: ServedEndpoint
+    serve: Callable[..., ServeProcess], store: Path, endpoint: ServeProcess
 ) -> None:
     first = serve(store)
     assert json.loads(_invoke(first, "topic.tar.gz", {"input_text": "a cheap flight and a hotel"})["Body"].read())

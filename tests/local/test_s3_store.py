@@ -8,10 +8,10 @@ from pathlib import Path
 
 import boto3
 import pytest
-from conftest import ServedEndpoint
 from moto.server import ThreadedMotoServer
 
 from mme.container import free_port
+from mme.serve_process import ServeProcess
 
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -25,9 +25,7 @@ def s3_url() -> Iterator[str]:
     server.stop()
 
 
-def test_models_are_downloaded_from_an_s3_prefix(
-    serve: Callable[..., ServedEndpoint], store: Path, s3_url: str
-) -> None:
+def test_models_are_downloaded_from_an_s3_prefix(serve: Callable[..., ServeProcess], store: Path, s3_url: str) -> None:
     s3 = boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1",
                       aws_access_key_id="test", aws_secret_access_key="test")  # fmt: skip
     s3.create_bucket(Bucket="team-models")

@@ -68,7 +68,10 @@ def demo_models(
             typer.echo(f"{archive}: exists (use --force to rebuild)")
             continue
         with tempfile.TemporaryDirectory(prefix=f"mme-{spec.name}-") as work:
-            trained = train_demo_model(spec, Path(work))
+            try:
+                trained = train_demo_model(spec, Path(work))
+            except RuntimeError as error:  # held-out accuracy below the bar: nothing is written
+                raise _fail(str(error)) from None
             write_archive(trained.model_dir, archive)
         typer.echo(f"{archive}: labels {', '.join(spec.labels)}; held-out accuracy {trained.held_out_accuracy:.3f}")
 

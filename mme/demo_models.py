@@ -8,7 +8,8 @@ text, and the encoder is about 100k TensorFlow weights trained on the CPU in sec
   ``attention_mask`` and ``token_type_ids`` (int32, ``[batch, sequence]``) and returns ``{"logits": float32
   [batch, num_labels]}``;
 - ``model_dir/``: the tokenizer, written with ``save_pretrained``;
-- ``model_dir/manifest.json``: ``{"labels": [...], "max_sequence_length": 64}``, labels in logit order.
+- ``model_dir/mme.json`` (``handler.model.MANIFEST_FILE``): ``{"labels": [...], "max_sequence_length": 64}``,
+  labels in logit order.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import numpy as np
 import tensorflow as tf
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import BertTokenizerFast
+
+from handler.model import MANIFEST_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -686,5 +689,5 @@ def train_demo_model(spec: DemoModelSpec, out_dir: Path, *, seed: int = 0) -> Tr
         model, str(model_dir / "0"), signatures={"serving_default": model.serve.get_concrete_function()}
     )
     manifest = {"labels": list(spec.labels), "max_sequence_length": MAX_SEQUENCE_LENGTH}
-    (model_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    (model_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return TrainedModel(name=spec.name, model_dir=model_dir, held_out_accuracy=accuracy)

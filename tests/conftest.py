@@ -6,15 +6,28 @@ import os
 import shutil
 import tarfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from mme.demo_models import TrainedModel
 
 DEMO_NAMES = ("sentiment", "topic")
 
 
 @pytest.fixture(scope="session")
-def demo_archives(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """``{"sentiment": .../sentiment.tar.gz, "topic": .../topic.tar.gz}``, trained once per session.
+def trained_demo_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, TrainedModel]:
+    """Both demo models, trained once per session from generated text."""
+    from mme.demo_models import DEMO_MODELS, train_demo_model
+
+    out = tmp_path_factory.mktemp("trained")
+    return {spec.name: train_demo_model(spec, out) for spec in DEMO_MODELS}
+
+
+@pytest.fixture(scope="session")
+def demo_archives(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``{"sentiment": .../sentiment.tar.gz, "topic": .../topic.tar.gz}``.
 
     ``MME_TEST_DEMO_MODELS`` may name a folder that already holds both (from ``mme demo-models``) to skip training
     while iterating; CI trains them.
@@ -25,14 +38,10 @@ def demo_archives(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         if all(path.is_file() for path in archives.values()):
             return archives
     from mme.archive import write_archive
-    from mme.demo_models import DEMO_MODELS, train_demo_model
 
+    trained: dict[str, TrainedModel] = request.getfixturevalue("trained_demo_models")
     out = tmp_path_factory.mktemp("demo-archives")
-    archives = {}
-    for spec in DEMO_MODELS:
-        trained = train_demo_model(spec, tmp_path_factory.mktemp(f"train-{spec.name}"))
-        archives[spec.name] = write_archive(trained.model_dir, out / f"{spec.name}.tar.gz")
-    return archives
+    return {name: write_archive(model.model_dir, out / f"{name}.tar.gz") for name, model in trained.items()}
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 from transformers import AutoTokenizer
 
+from handler.model import MANIFEST_FILE
 from mme.demo_models import DEMO_MODELS, MAX_SEQUENCE_LENGTH, TrainedModel, train_demo_model
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
@@ -31,9 +32,8 @@ FRESH_SENTENCES = {
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, TrainedModel]:
-    out = tmp_path_factory.mktemp("demo-models")
-    return {spec.name: train_demo_model(spec, out, seed=0) for spec in DEMO_MODELS}
+def trained(trained_demo_models: dict[str, TrainedModel]) -> dict[str, TrainedModel]:
+    return trained_demo_models
 
 
 def _logits(model_dir: Path, texts: list[str], *, pad_to: int | None = None) -> np.ndarray:
@@ -53,7 +53,7 @@ def _logits(model_dir: Path, texts: list[str], *, pad_to: int | None = None) -> 
 
 
 def _labels(model_dir: Path) -> list[str]:
-    return json.loads((model_dir / "manifest.json").read_text(encoding="utf-8"))["labels"]
+    return json.loads((model_dir / MANIFEST_FILE).read_text(encoding="utf-8"))["labels"]
 
 
 @pytest.mark.parametrize("name", [spec.name for spec in DEMO_MODELS])
@@ -68,7 +68,7 @@ def test_model_dir_has_the_archive_layout(trained: dict[str, TrainedModel], spec
     assert (model_dir / "0" / "saved_model.pb").is_file()
     assert (model_dir / "tokenizer.json").is_file()
     assert (model_dir / "tokenizer_config.json").is_file()
-    manifest = json.loads((model_dir / "manifest.json").read_text(encoding="utf-8"))
+    manifest = json.loads((model_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
     assert manifest == {"labels": list(spec.labels), "max_sequence_length": MAX_SEQUENCE_LENGTH}
 
 

@@ -11,7 +11,7 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 # TensorFlow's start-up banners say nothing a user can act on.
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo serve test lint bench clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,15 @@ $(DEMO_ARCHIVES) &: | $(STAMP)
 ## demo: set up, build the demo models if missing, serve them through the container's own software, predict.
 demo: setup $(DEMO_ARCHIVES)
 	$(VENV)/bin/mme demo --models $(DEMO_MODELS)
+
+## serve: the demo models on a local SageMaker-style endpoint (http://127.0.0.1:8080) until Ctrl-C.
+serve: setup $(DEMO_ARCHIVES)
+	@echo "Call it with boto3: boto3.client('sagemaker-runtime', endpoint_url='http://127.0.0.1:8080', region_name='us-east-1',"
+	@echo "  aws_access_key_id='local', aws_secret_access_key='local').invoke_endpoint(EndpointName='local',"
+	@echo "  TargetModel='sentiment.tar.gz', ContentType='application/json', Body='{\"input_text\": \"I loved it\"}')"
+	@echo "or: $(VENV)/bin/mme invoke --endpoint-url http://127.0.0.1:8080 --endpoint local --model topic.tar.gz --text 'a cheap flight'"
+	@echo "or: curl -H 'X-Amzn-SageMaker-Target-Model: sentiment.tar.gz' -H 'Content-Type: text/plain' --data 'what a day' http://127.0.0.1:8080/endpoints/local/invocations"
+	$(VENV)/bin/mme serve --store $(DEMO_MODELS) --port 8080 --cache-dir build/mme-cache
 
 ## test: lint, then every test (real MMS, real TensorFlow, real CDK synth). pytest's "no tests" (5) is a failure.
 test: setup lint

@@ -45,7 +45,7 @@ def cdk_cli_version() -> str:
 def smoke_test_commands() -> list[str]:
     """Shell commands that invoke the endpoint once with `$TARGET_MODEL` and check the answer is JSON.
 
-    They expect the archive `$TARGET_MODEL` to exist under the model prefix (see docs/deploy.md): a missing
+    They expect the archive `$TARGET_MODEL` to exist under the model prefix (README, "Deploying to AWS"): a missing
     archive fails the stage with a hint instead of passing without having tested anything.
     """
     return [
@@ -53,7 +53,7 @@ def smoke_test_commands() -> list[str]:
         'aws sagemaker-runtime invoke-endpoint --endpoint-name "$ENDPOINT_NAME" --target-model "$TARGET_MODEL"'
         " --content-type application/json --accept application/json --cli-binary-format raw-in-base64-out"
         f" --cli-read-timeout 90 --body '{SMOKE_TEST_BODY}' response.json"
-        ' || { echo "Smoke test failed. Is $TARGET_MODEL uploaded under $MODEL_DATA_URL? See docs/deploy.md";'
+        ' || { echo "Smoke test failed. Is $TARGET_MODEL uploaded under $MODEL_DATA_URL? See the README";'
         " exit 1; }",
         "cat response.json",
         "python3 -c 'import json; json.load(open(\"response.json\"))'",

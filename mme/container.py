@@ -65,6 +65,31 @@ def processes_under(run_dir: Path) -> list[psutil.Process]:
     return found
 
 
+def wait_until_pinged(process: subprocess.Popen[bytes], ping_url: str, timeout: float, log_file: Path) -> None:
+    """Wait until ``ping_url`` answers 200.
+
+    Raises:
+        ContainerError: ``process`` exited first, or ``timeout`` seconds passed; the message holds its log's end.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ContainerError(f"{process.args} exited with {process.returncode}:\n{_tail(log_file)}")
+        try:
+            if requests.get(ping_url, timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.25)
+    raise ContainerError(f"no answer from {ping_url} within {timeout:.0f} s:\n{_tail(log_file)}")
+
+
+def _tail(log_file: Path, lines: int = 30) -> str:
+    if not log_file.exists():
+        return ""
+    return "\n".join(log_file.read_text(errors="replace").splitlines()[-lines:])
+
+
 @dataclass(frozen=True)
 class Response:
     """An HTTP answer from the container."""
@@ -199,21 +224,13 @@ class LocalContainer:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + self._startup_timeout
-        while time.monotonic() < deadline:
-            returncode = self._process.poll()
-            if returncode is not None:
-                self.stop()
-                raise ContainerError(f"the server exited with {returncode}; see {self.log_file}")
-            try:
-                if self.client.ping().status == 200:
-                    logger.info("container ready on port %d", self.port)
-                    return self
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.25)
-        self.stop()
-        raise ContainerError(f"no answer to /ping within {self._startup_timeout:.0f} s; see {self.log_file}")
+        try:
+            wait_until_pinged(self._process, f"{self.base_url}/ping", self._startup_timeout, self.log_file)
+        except ContainerError:
+            self.stop()
+            raise
+        logger.info("container ready on port %d", self.port)
+        return self
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and make sure no MMS front end or worker is left."""

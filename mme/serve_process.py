@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -15,7 +14,7 @@ from typing import Any
 
 import requests
 
-from mme.container import ContainerError, free_port
+from mme.container import ContainerError, free_port, wait_until_pinged
 
 # A local endpoint checks no signature, but botocore needs credentials to sign with.
 DUMMY_CREDENTIALS = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
@@ -64,18 +63,12 @@ class ServeProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + self._startup_timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise ContainerError(f"mme serve exited with {self.process.returncode}:\n{self.log.read_text()}")
-            try:
-                if requests.get(f"{self.url}/ping", timeout=2).status_code == 200:
-                    return self
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.25)
-        self.stop()
-        raise ContainerError(f"mme serve did not come up in {self._startup_timeout:.0f} s:\n{self.log.read_text()}")
+        try:
+            wait_until_pinged(self.process, f"{self.url}/ping", self._startup_timeout, self.log)
+        except ContainerError:
+            self.stop()
+            raise
+        return self
 
     def metric(self, name: str, labels: str = "") -> float:
         """One value from ``GET /metrics`` (0 when the series does not exist yet)."""

@@ -69,14 +69,15 @@ def handle(data: list[dict[str, Any]] | None, context: Any) -> list[bytes] | Non
     assert _settings is not None
     responses: list[bytes] = []
     for index, request in enumerate(data):
+        headers = _headers(context, index)
         try:
-            body, content_type = _answer(request, _headers(context, index), _settings)
+            body, content_type = _answer(request, headers, _settings)
         except HandlerError as error:
             logger.info("request %d rejected with %d: %s", index, error.status, error.message)
             context.set_response_status(error.status, error.message, index)
             body, content_type = encode_error(error.message), "application/json"
         context.set_response_content_type(index, content_type)
-        attributes = _headers(context, index).get(CUSTOM_ATTRIBUTES.lower())
+        attributes = headers.get(CUSTOM_ATTRIBUTES.lower())
         if attributes:
             # Echoed, so a caller's trace id comes back with its answer (SageMaker returns what the model sets).
             context.set_response_header(index, CUSTOM_ATTRIBUTES, attributes)

@@ -302,7 +302,7 @@ def invoke(
         raise _fail(f"{details.get('Code', 'error')}: {details.get('Message', error)}") from None
     except BotoCoreError as error:
         raise _fail(str(error)) from None
-    typer.echo(answer["Body"].read().decode("utf-8", errors="replace"))
+    typer.echo(answer["Body"].read().decode("utf-8", errors="replace").rstrip("\n"))
 
 
 def main() -> None:

@@ -267,10 +267,7 @@ class ModelCache:
         started = time.monotonic()
         try:
             self.store.download(key, archive)
-        except (OSError, StoreError) as error:
-            archive.unlink(missing_ok=True)
-            raise ValidationError(f"Failed to download model data for TargetModel {key!r}: {error}") from None
-        except Exception as error:  # botocore's errors share no base class worth naming here
+        except Exception as error:  # OSError, or any of botocore's errors, which share no useful base class
             archive.unlink(missing_ok=True)
             raise ValidationError(f"Failed to download model data for TargetModel {key!r}: {error}") from None
         downloaded = archive.stat().st_size

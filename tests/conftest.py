@@ -70,22 +70,33 @@ def demo_tokenizer(demo_model_dirs: dict[str, Path], tmp_path_factory: pytest.Te
     return _copy_tokenizer(demo_model_dirs["sentiment"], tmp_path_factory.mktemp("tokenizer"))
 
 
-@pytest.fixture(scope="session")
-def oom_model_dir(demo_tokenizer: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model whose signature asks TensorFlow for a 4 TiB tensor: loading it (the warm-up) runs out of memory."""
+def _save_greedy_model(root: Path, tokenizer: Path, *, min_tokens: int) -> Path:
+    """A model that asks TensorFlow for a 4 TiB tensor when a text has at least ``min_tokens`` tokens."""
     import tensorflow as tf
 
     class Greedy(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.int32)])
         def serve(self, input_ids: tf.Tensor, attention_mask: tf.Tensor) -> dict[str, tf.Tensor]:
             # The size depends on the input, so nothing is allocated (or folded) when the graph is saved.
-            rows = tf.shape(input_ids)[0] * (2**30)
+            long_enough = tf.cast(tf.shape(input_ids)[1] >= min_tokens, tf.int32)
+            rows = tf.shape(input_ids)[0] * (2**30) * long_enough
             huge = tf.zeros(tf.stack([rows, 1024]), tf.float32)
             total = tf.reduce_sum(huge) + tf.cast(tf.reduce_sum(attention_mask), tf.float32)
-            return {"logits": tf.fill(tf.stack([tf.shape(input_ids)[0], 2]), total)}
+            return {"logits": tf.stack([total, -total])[tf.newaxis, :] * tf.ones([tf.shape(input_ids)[0], 1])}
 
-    root = tmp_path_factory.mktemp("oom-model")
     module = Greedy()
     tf.saved_model.save(module, str(root / "0"), signatures={"serving_default": module.serve})
-    shutil.copytree(demo_tokenizer, root, dirs_exist_ok=True)
+    shutil.copytree(tokenizer, root, dirs_exist_ok=True)
     return root
+
+
+@pytest.fixture(scope="session")
+def oom_model_dir(demo_tokenizer: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model that runs out of memory on every input: loading it (the warm-up) fails."""
+    return _save_greedy_model(tmp_path_factory.mktemp("oom-model"), demo_tokenizer, min_tokens=0)
+
+
+@pytest.fixture(scope="session")
+def oom_on_long_text_model_dir(demo_tokenizer: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model that loads (its warm-up text is short) and runs out of memory on texts of 12 tokens or more."""
+    return _save_greedy_model(tmp_path_factory.mktemp("oom-long-model"), demo_tokenizer, min_tokens=12)

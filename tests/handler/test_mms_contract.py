@@ -149,6 +149,16 @@ def test_model_out_of_memory_at_load_returns_507_and_others_keep_serving(
     assert _invoke_json(loaded, "sentiment", {"input_text": "I loved it"})["label"] == "positive"
 
 
+def test_model_out_of_memory_at_predict_returns_507_and_the_model_keeps_serving(
+    container: LocalContainer, oom_on_long_text_model_dir: Path
+) -> None:
+    assert container.client.load("greedy-on-long", oom_on_long_text_model_dir).status == 200
+    long_text = "this sentence is long enough to need more than twelve tokens once it is tokenized"
+    assert container.client.invoke("greedy-on-long", json.dumps({"input_text": long_text})).status == 507
+    assert container.client.invoke("greedy-on-long", '{"input_text": "short"}').status == 200
+    assert container.client.unload("greedy-on-long").status == 200
+
+
 def test_broken_model_fails_to_load_and_the_log_names_what_is_missing(
     container: LocalContainer, tmp_path: Path
 ) -> None:

@@ -107,3 +107,10 @@ def test_resource_exhausted_at_load_becomes_memory_error(oom_model_dir: Path) ->
     with pytest.raises(ModelOutOfMemoryError) as caught:
         load_model_dir(oom_model_dir, SETTINGS)
     assert isinstance(caught.value, MemoryError)
+
+
+def test_resource_exhausted_at_predict_becomes_memory_error(oom_on_long_text_model_dir: Path) -> None:
+    classifier = load_model_dir(oom_on_long_text_model_dir, SETTINGS)
+    assert len(classifier.predict(["short"])) == 1
+    with pytest.raises(ModelOutOfMemoryError, match="out of memory while predicting"):
+        classifier.predict(["this sentence is long enough to need more than twelve tokens once it is tokenized"])

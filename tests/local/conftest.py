@@ -16,8 +16,14 @@ from mme.serve_process import ServeProcess
 
 
 @pytest.fixture(scope="session")
-def store(demo_archives: dict[str, Path], oom_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model store folder: the demo models, a copy under a third key, a model too big to load, hostile archives."""
+def store(
+    demo_archives: dict[str, Path],
+    oom_model_dir: Path,
+    oom_on_long_text_model_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:
+    """A model store folder: the demo models, a copy under a third key, models that run out of memory at load or
+    on long texts, and hostile archives."""
     root = tmp_path_factory.mktemp("store")
     for name, archive in demo_archives.items():
         shutil.copy2(archive, root / f"{name}.tar.gz")
@@ -25,6 +31,7 @@ def store(demo_archives: dict[str, Path], oom_model_dir: Path, tmp_path_factory:
     (root / "team-a").mkdir()
     shutil.copy2(demo_archives["topic"], root / "team-a" / "topic-v2.tar.gz")
     write_archive(oom_model_dir, root / "greedy.tar.gz")
+    write_archive(oom_on_long_text_model_dir, root / "greedy-on-long.tar.gz")
     with tarfile.open(root / "escape.tar.gz", "w:gz") as tar:
         info = tarfile.TarInfo("../../escaped.txt")
         info.size = 4

@@ -13,7 +13,9 @@ from pathlib import Path
 import psutil
 import pytest
 from botocore.exceptions import ClientError
+from typer.testing import CliRunner
 
+from mme.cli import app
 from mme.container import processes_under
 from mme.serve_process import ServeProcess
 
@@ -100,6 +102,38 @@ def test_model_out_of_memory_is_a_model_error_and_others_keep_serving(endpoint: 
     assert error.response["OriginalStatusCode"] == 507
     answer = _invoke(endpoint, "topic.tar.gz", {"input_text": "simmer the garlic and tomatoes for the pasta sauce"})
     assert json.loads(answer["Body"].read())["label"] == "food"
+
+
+def test_model_out_of_memory_at_predict_is_a_model_error_after_making_room(endpoint: ServeProcess) -> None:
+    client = endpoint.client()
+    assert _invoke(endpoint, "sentiment.tar.gz", {"input_text": "I loved it"})["ResponseMetadata"]
+    evictions = endpoint.metric("mme_model_evictions_total")
+    long_text = "this sentence is long enough to need more than twelve tokens once it is tokenized"
+    error = _error(lambda: _invoke(endpoint, "greedy-on-long.tar.gz", {"input_text": long_text}))
+    assert isinstance(error, client.exceptions.ModelError)
+    assert error.response["OriginalStatusCode"] == 507
+    # Like SageMaker, the front end unloaded another model and retried once before giving up.
+    assert endpoint.metric("mme_model_evictions_total") == evictions + 1
+    assert json.loads(_invoke(endpoint, "greedy-on-long.tar.gz", {"input_text": "short"})["Body"].read())
+
+
+def test_mme_invoke_prints_the_prediction_and_names_errors(endpoint: ServeProcess, tmp_path: Path) -> None:
+    runner = CliRunner()
+    base = ["invoke", "--endpoint-url", endpoint.url, "--endpoint", "local"]
+    answer = runner.invoke(app, [*base, "--model", "topic.tar.gz", "--text", "the striker scored twice in the final"])
+    assert answer.exit_code == 0, answer.output
+    assert json.loads(answer.output)["label"] == "sports"
+    lines = tmp_path / "batch.jsonl"
+    lines.write_text('{"input_text": "I loved it, wonderful"}\n{"input_text": "awful, I hated it"}\n')
+    batch = runner.invoke(app, [*base, "--model", "sentiment.tar.gz", "--file", str(lines)])
+    assert batch.exit_code == 0, batch.output
+    assert [json.loads(line)["label"] for line in batch.output.splitlines()] == ["positive", "negative"]
+    unknown = runner.invoke(app, [*base, "--model", "not-in-the-store.tar.gz", "--text", "hi"])
+    assert unknown.exit_code == 2
+    assert "ValidationError" in unknown.output
+    neither = runner.invoke(app, [*base, "--model", "topic.tar.gz"])
+    assert neither.exit_code == 2
+    assert "exactly one of --text and --file" in neither.output
 
 
 @pytest.mark.parametrize("model", ["escape.tar.gz", "symlink.tar.gz"])

@@ -16,6 +16,11 @@ from pathlib import Path
 HANDLER_ENTRY_POINT = "handler.service:handle"
 
 
+# MMS puts each worker's Unix socket at <run dir>/tmp/.mms.sock.<port>; Linux caps a socket path at 107 bytes.
+_SOCKET_SUFFIX = "/tmp/.mms.sock.65535"  # noqa: S108 - a path inside the run dir, not /tmp
+_UNIX_SOCKET_PATH_MAX = 107
+
+
 class SettingsError(ValueError):
     """An environment variable holds a value the container cannot use; the message names it."""
 
@@ -84,6 +89,13 @@ class ServingSettings:
         jvm_heap = env.get("MME_JVM_HEAP", "1g").strip() or "1g"
         if not (jvm_heap[:-1].isdigit() and jvm_heap[-1].lower() in "kmg"):
             raise SettingsError(f"MME_JVM_HEAP={jvm_heap!r} must look like 512m or 2g")
+        run_dir = _optional_path(env, "MME_RUN_DIR") or Path("/tmp/mme")  # noqa: S108
+        if len(str(run_dir) + _SOCKET_SUFFIX) > _UNIX_SOCKET_PATH_MAX:
+            raise SettingsError(
+                f"MME_RUN_DIR={str(run_dir)!r} is too long: MMS's worker sockets under it would exceed the "
+                f"{_UNIX_SOCKET_PATH_MAX}-byte limit of a Unix socket path; use a folder of at most "
+                f"{_UNIX_SOCKET_PATH_MAX - len(_SOCKET_SUFFIX)} characters"
+            )
         return cls(
             port=_int(env, "SAGEMAKER_BIND_TO_PORT", 8080, minimum=1),
             bind_host=env.get("MME_BIND_HOST", "").strip() or "0.0.0.0",  # noqa: S104
@@ -97,5 +109,5 @@ class ServingSettings:
             max_texts_per_request=_int(env, "MME_MAX_TEXTS_PER_REQUEST", 64, minimum=1),
             default_tokenizer_dir=_optional_path(env, "MME_DEFAULT_TOKENIZER_DIR"),
             mms_config_file=_optional_path(env, "MME_MMS_CONFIG_FILE") or Path("/etc/sagemaker-mms.properties"),
-            run_dir=_optional_path(env, "MME_RUN_DIR") or Path("/tmp/mme"),  # noqa: S108
+            run_dir=run_dir,
         )

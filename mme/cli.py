@@ -15,6 +15,7 @@ import typer
 from mme.archive import ARCHIVE_SUFFIX, ArchiveError
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "mme"
+_LONGEST_TEMP_BASE = 40
 
 
 class ModelCacheSetting(enum.StrEnum):
@@ -124,6 +125,8 @@ def demo(
             endpoint = ServeProcess(models, tmp_dir=Path(work), cache_dir=cache_dir).start()
         except ContainerError as error:
             raise _fail(str(error)) from None
+        from botocore.exceptions import ClientError
+
         try:
             client = endpoint.client(retries=3)
             typer.echo(
@@ -146,6 +149,10 @@ def demo(
                 f"{endpoint.metric('mme_cache_misses_total'):.0f} misses, "
                 f"{endpoint.metric('mme_loaded_models'):.0f} models loaded"
             )
+        except ClientError as error:
+            details = error.response.get("Error", {})
+            original = error.response.get("OriginalMessage", "")
+            raise _fail(f"{details.get('Code')}: {details.get('Message')} {original}".strip()) from None
         finally:
             status = endpoint.stop()
         typer.echo(f"stopped (exit status {status})")
@@ -230,7 +237,11 @@ def serve(
         model_store = open_store(store)
     except StoreError as error:
         raise _fail(str(error)) from None
-    with tempfile.TemporaryDirectory(prefix="mme-serve-") as run_dir:
+    # MMS's worker sockets live in the run folder, and Unix socket paths are short: avoid a long TMPDIR.
+    temp_base = tempfile.gettempdir()
+    if len(temp_base) > _LONGEST_TEMP_BASE and Path("/tmp").is_dir():  # noqa: S108
+        temp_base = "/tmp"  # noqa: S108
+    with tempfile.TemporaryDirectory(prefix="mme-serve-", dir=temp_base) as run_dir:
         config = EndpointConfig(
             store=model_store,
             run_dir=Path(run_dir),

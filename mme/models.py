@@ -91,7 +91,8 @@ class ModelCache:
     ) -> None:
         self.store = store
         self.container = container
-        self.cache_dir = cache_dir
+        # Absolute: the container resolves a model's url against its own root, not our working directory.
+        self.cache_dir = cache_dir.resolve()
         self.policy = policy
         self.metrics = metrics
         self._loaded: dict[str, LoadedModel] = {}

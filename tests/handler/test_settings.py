@@ -69,6 +69,12 @@ def test_malformed_variable_is_named_in_the_error(name: str, value: str, fragmen
     assert fragment in str(caught.value)
 
 
+def test_run_dir_too_long_for_worker_sockets_is_refused_with_the_limit() -> None:
+    with pytest.raises(SettingsError, match=r"MME_RUN_DIR=.* is too long: .* at most 87 characters"):
+        ServingSettings.from_env({"MME_RUN_DIR": "/tmp/" + "x" * 90})
+    assert ServingSettings.from_env({"MME_RUN_DIR": "/tmp/" + "x" * 82}).run_dir.name == "x" * 82
+
+
 def test_mms_environment_redirects_every_path_and_timeout_in_seconds(tmp_path: Path) -> None:
     settings = ServingSettings(run_dir=tmp_path, port=9100, bind_host="127.0.0.1", response_timeout_seconds=42)
     env = mms_environment(settings)

@@ -8,6 +8,7 @@ import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from mme.archive import write_archive
@@ -60,3 +61,15 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Se
     for endpoint in started:
         endpoint.stop()
         assert processes_under(endpoint.tmp_dir) == [], "a process of mme serve outlived it"
+    # Tests start one MMS at a time (MMS refuses a second), so after the last stop none may be left anywhere.
+    assert mms_processes() == [], "an MMS front end or worker outlived mme serve"
+
+
+def mms_processes() -> list[psutil.Process]:
+    """Every MMS front end and worker on this machine."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if "com.amazonaws.ml.mms.ModelServer" in cmdline or "model_service_worker" in cmdline:
+            found.append(process)
+    return found

@@ -186,10 +186,9 @@ class LocalEndpoint:
                 continue
             if attempt == 0 and answer.status == 507 and await self.cache.make_room_after_oom(model):
                 continue
+            side = "client" if answer.status < 500 else "server"
             raise ModelError(
-                f'Received client error ({answer.status}) from model with message "{answer.text}"'
-                if answer.status < 500
-                else f'Received server error ({answer.status}) from model with message "{answer.text}"',
+                f'Received {side} error ({answer.status}) from model with message "{answer.text}"',
                 original_status=answer.status,
                 original_message=answer.text,
             )

@@ -144,8 +144,10 @@ def test_model_out_of_memory_at_load_returns_507_and_others_keep_serving(
     loaded: LocalContainer, oom_model_dir: Path
 ) -> None:
     assert loaded.client.load("greedy", oom_model_dir).status == 507
-    # MMS keeps a model registered after a failed load (DESIGN.md): the front end unloads it.
-    assert loaded.client.unload("greedy").status == 200
+    # MMS sometimes keeps a model registered, with no workers, after a failed load (DESIGN.md; it is a race):
+    # the front end's clean-up unregisters it either way.
+    assert loaded.client.unload("greedy").status in (200, 404)
+    assert loaded.client.describe("greedy").status == 404
     assert _invoke_json(loaded, "sentiment", {"input_text": "I loved it"})["label"] == "positive"
 
 

@@ -92,11 +92,24 @@ def _tail(log_file: Path, lines: int = 30) -> str:
 
 @dataclass(frozen=True)
 class Response:
-    """An HTTP answer from the container."""
+    """An HTTP answer from the container; ``headers`` has lower-case names."""
 
     status: int
     body: bytes
-    content_type: str
+    headers: Mapping[str, str]
+
+    @classmethod
+    def of(cls, status: int, body: bytes, headers: Mapping[str, str]) -> Response:
+        """A response with its header names lower-cased (HTTP header names are case-insensitive)."""
+        return cls(status, body, {name.lower(): value for name, value in headers.items()})
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", "")
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
 
     def json(self) -> Any:
         """The body parsed as JSON."""
@@ -115,7 +128,7 @@ class ContainerClient:
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Response:
         answer = self._session.request(method, self.base_url + path, timeout=self._timeout, **kwargs)
-        return Response(answer.status_code, answer.content, answer.headers.get("Content-Type", ""))
+        return Response.of(answer.status_code, answer.content, answer.headers)
 
     def ping(self) -> Response:
         return self._call("GET", "/ping")

@@ -175,11 +175,11 @@ class LocalEndpoint:
                 await self.cache.release(model)
             if answer.status == 200:
                 out_headers = {INVOKED_VARIANT: self.config.variant_name}
-                if CUSTOM_ATTRIBUTES in answer.headers:
-                    out_headers[CUSTOM_ATTRIBUTES] = answer.headers[CUSTOM_ATTRIBUTES]
+                if CUSTOM_ATTRIBUTES.lower() in answer.headers:
+                    out_headers[CUSTOM_ATTRIBUTES] = answer.headers[CUSTOM_ATTRIBUTES.lower()]
                 return web.Response(
                     body=answer.body,
-                    headers={**out_headers, "Content-Type": answer.headers.get("Content-Type", "application/json")},
+                    headers={**out_headers, "Content-Type": answer.content_type or "application/json"},
                 )
             if attempt == 0 and answer.status == 404:
                 self.cache.forget(model)

@@ -22,7 +22,7 @@ import aiohttp
 import psutil
 
 from mme.archive import ArchiveError, extract_archive
-from mme.container import LocalContainer
+from mme.container import LocalContainer, Response
 from mme.errors import ModelError, ModelNotReadyError, ServiceUnavailableError, ValidationError
 from mme.metrics import EndpointMetrics
 from mme.store import ModelNotFoundError, ModelStore, StoreError
@@ -62,19 +62,6 @@ class LoadedModel:
     path: Path
     last_used: float = field(default_factory=time.monotonic)
     in_flight: int = 0
-
-
-@dataclass(frozen=True)
-class ContainerAnswer:
-    """An HTTP answer from the container."""
-
-    status: int
-    body: bytes
-    headers: dict[str, str]
-
-    @property
-    def text(self) -> str:
-        return self.body.decode("utf-8", errors="replace")
 
 
 class ModelCache:
@@ -143,18 +130,18 @@ class ModelCache:
 
     # --- talking to the container -------------------------------------------------------------------------------
 
-    async def _call(self, method: str, path: str, **kwargs: object) -> ContainerAnswer:
+    async def _call(self, method: str, path: str, **kwargs: object) -> Response:
         assert self._session is not None, "use ModelCache as an async context manager"
         if not self.container.running:
             raise ServiceUnavailableError("the model container is not running; it is being restarted")
         try:
             async with self._session.request(method, self.container.base_url + path, **kwargs) as response:
                 body = await response.read()
-                return ContainerAnswer(response.status, body, dict(response.headers))
+                return Response.of(response.status, body, response.headers)
         except aiohttp.ClientConnectionError as error:
             raise ServiceUnavailableError(f"the model container does not answer: {error}") from None
 
-    async def _unload_from_container(self, name: str) -> ContainerAnswer:
+    async def _unload_from_container(self, name: str) -> Response:
         return await self._call("DELETE", f"/models/{name}")
 
     # --- loading ------------------------------------------------------------------------------------------------
@@ -356,6 +343,6 @@ class ModelCache:
             del self._loaded[model.key]
             self.metrics.loaded_models.set(len(self._loaded))
 
-    async def invoke(self, model: LoadedModel, body: bytes, headers: dict[str, str]) -> ContainerAnswer:
+    async def invoke(self, model: LoadedModel, body: bytes, headers: dict[str, str]) -> Response:
         """``POST /models/{name}/invoke`` on the container."""
         return await self._call("POST", f"/models/{model.name}/invoke", data=body, headers=headers)

@@ -47,6 +47,12 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
+def _client_error_message(error: Exception) -> str:
+    """``Code: Message`` of a botocore ``ClientError``; a ModelError's message already quotes the container."""
+    details = getattr(error, "response", {}).get("Error", {})
+    return f"{details.get('Code', 'error')}: {details.get('Message', error)}"
+
+
 @app.callback()
 def _configure(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress.")] = False) -> None:
     level = logging.INFO if verbose else logging.WARNING
@@ -150,9 +156,7 @@ def demo(
                 f"{endpoint.metric('mme_loaded_models'):.0f} models loaded"
             )
         except ClientError as error:
-            details = error.response.get("Error", {})
-            original = error.response.get("OriginalMessage", "")
-            raise _fail(f"{details.get('Code')}: {details.get('Message')} {original}".strip()) from None
+            raise _fail(_client_error_message(error)) from None
         finally:
             status = endpoint.stop()
         typer.echo(f"stopped (exit status {status})")
@@ -309,8 +313,7 @@ def invoke(
     try:
         answer = client.invoke_endpoint(EndpointName=endpoint, TargetModel=model, ContentType=content_type, Body=body)
     except ClientError as error:
-        details = error.response.get("Error", {})
-        raise _fail(f"{details.get('Code', 'error')}: {details.get('Message', error)}") from None
+        raise _fail(_client_error_message(error)) from None
     except BotoCoreError as error:
         raise _fail(str(error)) from None
     typer.echo(answer["Body"].read().decode("utf-8", errors="replace").rstrip("\n"))

@@ -140,6 +140,24 @@ class ContainerClient:
     def unload(self, model_name: str) -> Response:
         return self._call("DELETE", f"/models/{model_name}")
 
+    def discard(self, model_name: str, *, settle_seconds: float = 1.0) -> Response:
+        """Unregister a model whose load failed and make sure it stays unregistered; the last ``DELETE``'s answer.
+
+        MMS answers a failed load before it cleans up, and its own clean-up, when it runs on the worker's thread,
+        interrupts itself and puts the model back (``ModelManager.unregisterModel``). A ``DELETE`` that lands in
+        between answers 404 while the model is about to return, so a 404 is watched for ``settle_seconds``.
+        """
+        answer = self.unload(model_name)
+        deadline = time.monotonic() + settle_seconds
+        while answer.status != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            if self.describe(model_name).status != 404:
+                answer = self.unload(model_name)
+                logger.info(
+                    "model %s came back after a failed load; unregistered it again [%d]", model_name, answer.status
+                )
+        return answer
+
     def describe(self, model_name: str) -> Response:
         return self._call("GET", f"/models/{model_name}")
 

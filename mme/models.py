@@ -20,6 +20,7 @@ from pathlib import Path
 
 import aiohttp
 import psutil
+import requests
 
 from mme.archive import ArchiveError, extract_archive
 from mme.container import LocalContainer, Response
@@ -144,6 +145,12 @@ class ModelCache:
     async def _unload_from_container(self, name: str) -> Response:
         return await self._call("DELETE", f"/models/{name}")
 
+    async def _discard_failed_load(self, name: str) -> Response:
+        try:
+            return await asyncio.to_thread(self.container.client.discard, name)
+        except requests.RequestException as error:
+            raise ServiceUnavailableError(f"the model container does not answer: {error}") from None
+
     # --- loading ------------------------------------------------------------------------------------------------
 
     async def acquire(self, key: str) -> LoadedModel:
@@ -219,7 +226,7 @@ class ModelCache:
                 if answer.status == 200:
                     break
                 # MMS keeps a failed model registered with no workers (and may leave a worker blocked): clean up.
-                removed = await self._unload_from_container(name)
+                removed = await self._discard_failed_load(name)
                 self._kill_new_workers(workers_before)
                 logger.info("loading %s answered %d; unregistered it [%d]", key, answer.status, removed.status)
                 if answer.status == 409 and attempts_left > 0:

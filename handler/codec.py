@@ -7,7 +7,9 @@ Accepted request bodies:
 - ``text/plain``: the whole body is one text.
 
 Responses are JSON (``application/json``) or, for JSON Lines requests by default, JSON Lines: per text an object
-with ``label``, ``scores`` (label -> probability) and ``logits``; a single text gives an object, a list a list.
+with ``label``, ``scores`` (label -> probability) and the model's output row as ``logits`` or ``probabilities``
+(or, for a model whose ``mme.json`` asks for ``raw`` answers, that row alone); a single text gives one answer, a
+list a list.
 """
 
 from __future__ import annotations
@@ -47,15 +49,17 @@ class DecodedRequest:
 
 @dataclass(frozen=True)
 class Prediction:
-    """The model's answer for one text."""
+    """The model's answer for one text: the label, every label's probability, and the model's output row."""
 
     label: str
     scores: dict[str, float]
-    logits: list[float]
+    output: list[float]
+    #: ``logits`` or ``probabilities``: what ``output`` holds, and its key in the answer.
+    output_kind: str = "logits"
 
     def to_json(self) -> dict[str, object]:
         """The response shape of one prediction."""
-        return {"label": self.label, "scores": self.scores, "logits": self.logits}
+        return {"label": self.label, "scores": self.scores, self.output_kind: self.output}
 
 
 def media_type(header: str | None) -> str:
@@ -154,12 +158,17 @@ def response_type(accept: str | None, request: DecodedRequest) -> str:
     raise NotAcceptableError(f"Accept {accept!r} is not supported: use {JSON} or {JSON_LINES}")
 
 
-def encode_response(predictions: Sequence[Prediction], request: DecodedRequest, accept_type: str) -> bytes:
-    """Serialize predictions (one per text of ``request``, in order) as ``accept_type``."""
+def encode_response(
+    predictions: Sequence[Prediction], request: DecodedRequest, accept_type: str, *, raw: bool = False
+) -> bytes:
+    """Serialize predictions (one per text of ``request``, in order) as ``accept_type``.
+
+    ``raw`` answers each text with the model's bare output row instead of the prediction object.
+    """
     answers: list[object] = []
     position = 0
     for record in request.records:
-        chunk = [p.to_json() for p in predictions[position : position + len(record.texts)]]
+        chunk = [p.output if raw else p.to_json() for p in predictions[position : position + len(record.texts)]]
         position += len(record.texts)
         answers.append(chunk[0] if record.single else chunk)
     if accept_type == JSON_LINES:

@@ -9,12 +9,12 @@ Model folder (an extracted ``<name>.tar.gz``):
   ``serving_default`` signature (a SavedModel at the root is accepted too);
 - the tokenizer saved with transformers' ``save_pretrained``, at the root or in ``tokenizer/``; archives without
   one use the container-wide default tokenizer (``MME_DEFAULT_TOKENIZER_DIR``);
-- optionally ``mme.json``, see :class:`Manifest`.
+- optionally ``mme.json``, see :class:`handler.manifest.Manifest`; how the signature is fed and read is
+  :mod:`handler.signature`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -24,17 +24,22 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from handler.codec import Prediction
 from handler.errors import ModelLoadError, ModelOutOfMemoryError
+from handler.manifest import MANIFEST_FILE, Manifest, OutputKind, ResponseFormat
+from handler.signature import (
+    DEFAULT_MAX_SEQUENCE_LENGTH,
+    SIGNATURE,
+    ServingPlan,
+    SignatureDescription,
+    describe_signature,
+    plan_serving,
+)
 
 if TYPE_CHECKING:
     from handler.settings import ServingSettings
 
 logger = logging.getLogger(__name__)
 
-# Not "manifest.json": MMS takes a root MANIFEST.json, in any case, for a legacy MMS manifest and fails the load.
-MANIFEST_FILE = "mme.json"
-SIGNATURE = "serving_default"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
-_DEFAULT_MAX_SEQUENCE_LENGTH = 128
 _WARM_UP_TEXT = "warm up"
 
 
@@ -43,7 +48,12 @@ class TextClassifier(Protocol):
 
     @property
     def labels(self) -> tuple[str, ...]:
-        """Class names, in logit order."""
+        """Class names, in output order."""
+        ...
+
+    @property
+    def response_format(self) -> ResponseFormat:
+        """What a text is answered with: the prediction object, or the bare output row."""
         ...
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
@@ -53,80 +63,6 @@ class TextClassifier(Protocol):
             ModelOutOfMemoryError: the runtime ran out of memory.
         """
         ...
-
-
-@dataclass(frozen=True, kw_only=True)
-class Manifest:
-    """``mme.json`` at the archive root; every field is optional.
-
-    - ``labels`` (default ``LABEL_0`` ... ``LABEL_{n-1}``): class names in logit order.
-    - ``max_sequence_length`` (default 128, or less if the tokenizer's own limit is lower): tokens per text;
-      longer texts are truncated.
-    - ``input_names`` (default ``input_ids``, ``attention_mask``, and ``token_type_ids`` when the signature has
-      it): the signature inputs to feed, each a tokenizer output of that name.
-    - ``output_name`` (default ``logits``, or the signature's only output): the output holding the logits.
-    """
-
-    labels: tuple[str, ...] | None = None
-    max_sequence_length: int | None = None
-    input_names: tuple[str, ...] | None = None
-    output_name: str | None = None
-
-    @classmethod
-    def read(cls, model_dir: Path) -> Manifest:
-        """Read and validate ``model_dir/mme.json``; a missing file gives all defaults.
-
-        Raises:
-            ModelLoadError: the file is not JSON, has unknown keys or a mistyped value.
-        """
-        path = model_dir / MANIFEST_FILE
-        if not path.is_file():
-            return cls()
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ModelLoadError(f"{MANIFEST_FILE} is not valid JSON: {error}") from None
-        if not isinstance(raw, dict):
-            raise ModelLoadError(f"{MANIFEST_FILE} must be a JSON object")
-        unknown = set(raw) - {"labels", "max_sequence_length", "input_names", "output_name"}
-        if unknown:
-            raise ModelLoadError(
-                f"{MANIFEST_FILE} has unknown keys {sorted(unknown)}; "
-                "allowed: labels, max_sequence_length, input_names, output_name"
-            )
-        return cls(
-            labels=_string_tuple(raw, "labels"),
-            max_sequence_length=_positive_int(raw, "max_sequence_length"),
-            input_names=_string_tuple(raw, "input_names"),
-            output_name=_string(raw, "output_name"),
-        )
-
-
-def _string_tuple(raw: dict[str, Any], key: str) -> tuple[str, ...] | None:
-    value = raw.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-        raise ModelLoadError(f"{MANIFEST_FILE}: {key!r} must be a non-empty list of non-empty strings")
-    return tuple(value)
-
-
-def _positive_int(raw: dict[str, Any], key: str) -> int | None:
-    value = raw.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 2:
-        raise ModelLoadError(f"{MANIFEST_FILE}: {key!r} must be an integer >= 2")
-    return value
-
-
-def _string(raw: dict[str, Any], key: str) -> str | None:
-    value = raw.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        raise ModelLoadError(f"{MANIFEST_FILE}: {key!r} must be a non-empty string")
-    return value
 
 
 def find_saved_model(model_dir: Path) -> Path:
@@ -157,11 +93,11 @@ def find_tokenizer(model_dir: Path, default_dir: Path | None) -> Path:
     Raises:
         ModelLoadError: none of them holds tokenizer files.
     """
-    for candidate in (model_dir, model_dir / "tokenizer"):
-        if any((candidate / name).is_file() for name in _TOKENIZER_FILES):
-            return candidate
+    shipped = archive_tokenizer(model_dir)
+    if shipped is not None:
+        return shipped
     if default_dir is not None:
-        if any((default_dir / name).is_file() for name in _TOKENIZER_FILES):
+        if _usable_default(default_dir) is not None:
             return default_dir
         raise ModelLoadError(f"the default tokenizer folder {default_dir} (MME_DEFAULT_TOKENIZER_DIR) has no tokenizer")
     raise ModelLoadError(
@@ -184,6 +120,65 @@ def configure_tensorflow(settings: ServingSettings) -> None:
         logger.debug("TensorFlow threads already configured")
 
 
+def archive_tokenizer(model_dir: Path) -> Path | None:
+    """The tokenizer the archive ships (at its root or in ``tokenizer/``), or None."""
+    for candidate in (model_dir, model_dir / "tokenizer"):
+        if any((candidate / name).is_file() for name in _TOKENIZER_FILES):
+            return candidate
+    return None
+
+
+def _sigmoid(value: float) -> float:
+    if value >= 0:
+        return 1.0 / (1.0 + math.exp(-value))
+    exp = math.exp(value)
+    return exp / (1.0 + exp)
+
+
+def probabilities_of(row: Sequence[float], kind: OutputKind) -> list[float]:
+    """Class probabilities of one output row: the row itself when the model outputs probabilities, else its softmax;
+    a single column is a binary classifier, ``[1 - p, p]``."""
+    if len(row) == 1:
+        p = row[0] if kind is OutputKind.PROBABILITIES else _sigmoid(row[0])
+        return [1.0 - p, p]
+    if kind is OutputKind.PROBABILITIES:
+        return list(row)
+    top = max(row)
+    exps = [math.exp(value - top) for value in row]
+    total = sum(exps)
+    return [value / total for value in exps]
+
+
+def prediction_of(row: Sequence[float], labels: Sequence[str], kind: OutputKind) -> Prediction:
+    """The prediction for one output row: the most probable label, every label's probability, and the row."""
+    probabilities = probabilities_of(row, kind)
+    best = max(range(len(probabilities)), key=probabilities.__getitem__)
+    return Prediction(
+        label=labels[best],
+        scores=dict(zip(labels, probabilities, strict=True)),
+        output=list(row),
+        output_kind=str(kind),
+    )
+
+
+def _labels(manifest: Manifest, plan: ServingPlan) -> tuple[str, ...]:
+    classes = None if plan.output_width is None else max(plan.output_width, 2)
+    if manifest.labels is None:
+        if classes is None:
+            raise ModelLoadError(
+                f"the output {plan.output_name!r} has no static class count: list the labels in {MANIFEST_FILE} "
+                '("labels": [...]) or pass `mme package --labels a,b,...`'
+            )
+        return tuple(f"LABEL_{i}" for i in range(classes))
+    if classes is not None and len(manifest.labels) != classes:
+        what = "one probability or logit (a binary classifier: 2 labels)" if plan.output_width == 1 else "logits"
+        raise ModelLoadError(
+            f"{MANIFEST_FILE} lists {len(manifest.labels)} labels but the model outputs "
+            + (what if plan.output_width == 1 else f"{classes} {what}")
+        )
+    return manifest.labels
+
+
 class TensorFlowTextClassifier:
     """A SavedModel signature and its tokenizer, in this process."""
 
@@ -193,73 +188,91 @@ class TensorFlowTextClassifier:
         saved_model: Any,
         tokenizer: Any,
         labels: tuple[str, ...],
-        input_names: tuple[str, ...],
-        output_name: str,
-        max_sequence_length: int,
+        plan: ServingPlan,
+        response_format: ResponseFormat = ResponseFormat.PREDICTION,
     ) -> None:
         # Holding the loaded object keeps the variables the signature reads alive.
         self._saved_model = saved_model
         self._signature = saved_model.signatures[SIGNATURE]
         self._tokenizer = tokenizer
         self._labels = labels
-        self._input_names = input_names
-        self._output_name = output_name
-        self._max_sequence_length = max_sequence_length
+        self.plan = plan
+        self._response_format = response_format
 
     @property
     def labels(self) -> tuple[str, ...]:
         return self._labels
 
-    def logits(self, texts: Sequence[str]) -> list[list[float]]:
-        """Raw logits, one row per text.
+    @property
+    def response_format(self) -> ResponseFormat:
+        return self._response_format
+
+    def outputs(self, texts: Sequence[str]) -> list[list[float]]:
+        """The chosen output's rows, one per text, as the model gives them.
 
         Raises:
             ModelOutOfMemoryError: TensorFlow could not allocate memory.
         """
         import tensorflow as tf
 
+        wanted = self.plan.tokenizer_outputs()
         encoded = self._tokenizer(
             list(texts),
-            padding=True,
+            # A static signature length takes exactly that many tokens; a dynamic one the batch's longest text.
+            padding="max_length" if self.plan.static_length else True,
             truncation=True,
-            max_length=self._max_sequence_length,
+            max_length=self.plan.max_sequence_length,
             return_tensors="np",
-            return_token_type_ids="token_type_ids" in self._input_names,
+            return_token_type_ids="token_type_ids" in wanted,
+            return_attention_mask="attention_mask" in wanted,
         )
-        feeds = {name: tf.constant(encoded[name], dtype=tf.int32) for name in self._input_names}
+        feeds = {
+            binding.signature_input: tf.constant(encoded[binding.tokenizer_output], dtype=binding.dtype)
+            for binding in self.plan.bindings
+        }
         try:
             outputs = self._signature(**feeds)
         except tf.errors.ResourceExhaustedError as error:
             raise ModelOutOfMemoryError(f"out of memory while predicting: {error.message}") from error
-        return outputs[self._output_name].numpy().astype(float).tolist()
+        rows = outputs[self.plan.output_name].numpy().astype(float)
+        return rows.reshape(len(texts), -1).tolist()
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
-        return [self._prediction(row) for row in self.logits(texts)]
-
-    def _prediction(self, logits: list[float]) -> Prediction:
-        top = max(logits)
-        exps = [math.exp(value - top) for value in logits]
-        total = sum(exps)
-        scores = {label: value / total for label, value in zip(self._labels, exps, strict=True)}
-        best = max(range(len(logits)), key=logits.__getitem__)
-        return Prediction(label=self._labels[best], scores=scores, logits=logits)
+        return [prediction_of(row, self._labels, self.plan.output_kind) for row in self.outputs(texts)]
 
 
-def load_model_dir(model_dir: Path, settings: ServingSettings) -> TensorFlowTextClassifier:
-    """Load an extracted model archive and warm it up with one prediction.
+@dataclass(frozen=True, kw_only=True)
+class ModelReading:
+    """Everything learnt about a model folder before it predicts: what ``mme inspect`` reports."""
+
+    manifest: Manifest
+    saved_model_dir: Path
+    saved_model: Any
+    description: SignatureDescription
+    plan: ServingPlan
+    labels: tuple[str, ...]
+    #: None when neither the archive nor the default folder holds one (``require_tokenizer=False`` only).
+    tokenizer_dir: Path | None
+    tokenizer: Any
+
+
+def read_model_dir(model_dir: Path, settings: ServingSettings, *, require_tokenizer: bool = True) -> ModelReading:
+    """Load the SavedModel and tokenizer of an extracted archive and work out how to serve them.
 
     Raises:
         ModelLoadError: the folder is not a servable archive; the message says what is missing or wrong.
-        ModelOutOfMemoryError: TensorFlow ran out of memory while loading or warming up.
+        ModelOutOfMemoryError: TensorFlow ran out of memory while loading.
     """
     import tensorflow as tf
-    from transformers import AutoTokenizer
 
     if not model_dir.is_dir():
         raise ModelLoadError(f"model folder {model_dir} does not exist")
     manifest = Manifest.read(model_dir)
     saved_model_dir = find_saved_model(model_dir)
-    tokenizer_dir = find_tokenizer(model_dir, settings.default_tokenizer_dir)
+    if require_tokenizer:
+        tokenizer_dir: Path | None = find_tokenizer(model_dir, settings.default_tokenizer_dir)
+    else:
+        tokenizer_dir = archive_tokenizer(model_dir) or _usable_default(settings.default_tokenizer_dir)
     configure_tensorflow(settings)
 
     try:
@@ -273,65 +286,88 @@ def load_model_dir(model_dir: Path, settings: ServingSettings) -> TensorFlowText
         raise ModelLoadError(
             f"the SavedModel in {saved_model_dir} has no {SIGNATURE!r} signature (has: {sorted(signatures)})"
         )
-    signature = signatures[SIGNATURE]
+    description = describe_signature(signatures[SIGNATURE])
 
-    signature_inputs = set(signature.structured_input_signature[1])
-    input_names = manifest.input_names or tuple(
-        name for name in ("input_ids", "attention_mask", "token_type_ids") if name in signature_inputs
-    )
-    missing = [name for name in input_names if name not in signature_inputs]
-    if missing or not input_names:
-        raise ModelLoadError(
-            f"the {SIGNATURE!r} signature takes {sorted(signature_inputs)}, not the inputs {list(input_names)}; "
-            "name them with input_names in mme.json"
-        )
-    outputs = signature.structured_outputs
-    output_name = manifest.output_name or ("logits" if "logits" in outputs else None)
-    if output_name is None and len(outputs) == 1:
-        output_name = next(iter(outputs))
-    if output_name not in outputs:
-        raise ModelLoadError(
-            f"the {SIGNATURE!r} signature outputs {sorted(outputs)}: none is 'logits'; "
-            "name the logits with output_name in mme.json"
-        )
-    num_labels = outputs[output_name].shape[-1]
+    tokenizer = None
+    tokenizer_limit = DEFAULT_MAX_SEQUENCE_LENGTH
+    if tokenizer_dir is not None:
+        from transformers import AutoTokenizer
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
-    except (OSError, ValueError) as error:
-        raise ModelLoadError(f"cannot load the tokenizer in {tokenizer_dir}: {error}") from error
-    max_sequence_length = manifest.max_sequence_length or min(
-        _DEFAULT_MAX_SEQUENCE_LENGTH, int(getattr(tokenizer, "model_max_length", _DEFAULT_MAX_SEQUENCE_LENGTH))
-    )
-
-    labels = manifest.labels
-    if labels is None:
-        if num_labels is None:
-            raise ModelLoadError(f"the output {output_name!r} has no static class size: list labels in mme.json")
-        labels = tuple(f"LABEL_{i}" for i in range(num_labels))
-    elif num_labels is not None and len(labels) != num_labels:
-        raise ModelLoadError(f"mme.json lists {len(labels)} labels but the model outputs {num_labels} logits")
-
-    classifier = TensorFlowTextClassifier(
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+        except (OSError, ValueError) as error:
+            raise ModelLoadError(f"cannot load the tokenizer in {tokenizer_dir}: {error}") from error
+        tokenizer_limit = int(getattr(tokenizer, "model_max_length", DEFAULT_MAX_SEQUENCE_LENGTH))
+    plan = plan_serving(description, manifest, tokenizer_limit=tokenizer_limit)
+    return ModelReading(
+        manifest=manifest,
+        saved_model_dir=saved_model_dir,
         saved_model=loaded,
+        description=description,
+        plan=plan,
+        labels=_labels(manifest, plan),
+        tokenizer_dir=tokenizer_dir,
         tokenizer=tokenizer,
-        labels=labels,
-        input_names=input_names,
-        output_name=output_name,
-        max_sequence_length=max_sequence_length,
+    )
+
+
+def _usable_default(default_dir: Path | None) -> Path | None:
+    if default_dir is not None and any((default_dir / name).is_file() for name in _TOKENIZER_FILES):
+        return default_dir
+    return None
+
+
+def classifier_of(reading: ModelReading) -> TensorFlowTextClassifier:
+    """The classifier of a model reading that has a tokenizer, warmed up with one prediction.
+
+    Raises:
+        ModelLoadError: the tokenizer does not produce what the signature needs, or the output does not match the
+            labels.
+        ModelOutOfMemoryError: TensorFlow ran out of memory while warming up.
+    """
+    assert reading.tokenizer is not None, "read the model with its tokenizer"
+    classifier = TensorFlowTextClassifier(
+        saved_model=reading.saved_model,
+        tokenizer=reading.tokenizer,
+        labels=reading.labels,
+        plan=reading.plan,
+        response_format=reading.manifest.response_format or ResponseFormat.PREDICTION,
     )
     try:
-        warm_up = classifier.logits([_WARM_UP_TEXT])
+        warm_up = classifier.outputs([_WARM_UP_TEXT])
     except KeyError as error:
-        raise ModelLoadError(f"the tokenizer in {tokenizer_dir} produces no {error} for the signature") from None
-    if len(warm_up[0]) != len(labels):
-        raise ModelLoadError(f"the model gave {len(warm_up[0])} logits for {len(labels)} labels")
+        raise ModelLoadError(
+            f"the tokenizer in {reading.tokenizer_dir} produces no {error} for the signature"
+        ) from None
+    width = len(warm_up[0])
+    if max(width, 2) != len(reading.labels):
+        raise ModelLoadError(
+            f"the model gave {width} values per text for {len(reading.labels)} labels: list {max(width, 2)} labels "
+            f"in {MANIFEST_FILE}"
+        )
+    return classifier
+
+
+def load_model_dir(model_dir: Path, settings: ServingSettings) -> TensorFlowTextClassifier:
+    """Load an extracted model archive and warm it up with one prediction.
+
+    Raises:
+        ModelLoadError: the folder is not a servable archive; the message says what is missing or wrong.
+        ModelOutOfMemoryError: TensorFlow ran out of memory while loading or warming up.
+    """
+    reading = read_model_dir(model_dir, settings)
+    classifier = classifier_of(reading)
     logger.info(
-        "loaded %s: SavedModel %s, tokenizer %s, labels %s, inputs %s",
+        "loaded %s: SavedModel %s, tokenizer %s, labels %s, inputs %s, %s tokens (%s), output %r (%s, %s)",
         model_dir,
-        saved_model_dir.name,
-        tokenizer_dir,
-        list(labels),
-        list(input_names),
+        reading.saved_model_dir.name,
+        reading.tokenizer_dir,
+        list(reading.labels),
+        {binding.signature_input: binding.tokenizer_output for binding in reading.plan.bindings},
+        reading.plan.max_sequence_length,
+        "fixed" if reading.plan.static_length else "at most",
+        reading.plan.output_name,
+        reading.plan.output_kind,
+        reading.plan.output_kind_source,
     )
     return classifier

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from handler.codec import decode_request, encode_error, encode_response, response_type
-from handler.errors import HandlerError, ModelLoadError
+from handler.errors import HandlerError, ModelLoadError, ModelOutOfMemoryError
+from handler.manifest import ResponseFormat
 from handler.model import TextClassifier, load_model_dir
-from handler.settings import ServingSettings
+from handler.settings import ServingSettings, load_error_file
 
 logger = logging.getLogger(__name__)
 
@@ -30,11 +31,23 @@ def _load(context: Any) -> None:
     _settings = ServingSettings.from_env()
     logging.getLogger("handler").setLevel(_settings.log_level)
     model_dir = Path(context.system_properties["model_dir"])
+    model_name = str(getattr(context, "model_name", model_dir.name))
     try:
         _classifier = load_model_dir(model_dir, _settings)
-    except ModelLoadError as error:
-        logger.error("cannot load model %s: %s", getattr(context, "model_name", model_dir), error.message)
+    except (ModelLoadError, ModelOutOfMemoryError) as error:
+        # The container's log is the endpoint's CloudWatch log on AWS; the file is for a front end on this host.
+        reason = str(error)
+        logger.error("cannot load model %s: %s", model_name, reason)
+        _leave_load_error(load_error_file(_settings.run_dir, model_name), reason)
         raise
+
+
+def _leave_load_error(path: Path, reason: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(reason + "\n", encoding="utf-8")
+    except OSError as error:  # the reason is in the log already; a read-only run folder must not hide it
+        logger.warning("cannot write %s: %s", path, error)
 
 
 def _headers(context: Any, index: int) -> dict[str, str]:
@@ -51,7 +64,8 @@ def _answer(request: dict[str, Any], headers: dict[str, str], settings: ServingS
     decoded = decode_request(body, headers.get("content-type"), max_texts=settings.max_texts_per_request)
     accept = response_type(headers.get("accept"), decoded)
     predictions = _classifier.predict(decoded.texts)
-    return encode_response(predictions, decoded, accept), accept
+    raw = _classifier.response_format is ResponseFormat.RAW
+    return encode_response(predictions, decoded, accept, raw=raw), accept
 
 
 def handle(data: list[dict[str, Any]] | None, context: Any) -> list[bytes] | None:

@@ -8,6 +8,7 @@ the same entrypoint runs on a host outside the container, with every file it wri
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,17 @@ HANDLER_ENTRY_POINT = "handler.service:handle"
 # MMS puts each worker's Unix socket at <run dir>/tmp/.mms.sock.<port>; Linux caps a socket path at 107 bytes.
 _SOCKET_SUFFIX = "/tmp/.mms.sock.65535"  # noqa: S108 - a path inside the run dir, not /tmp
 _UNIX_SOCKET_PATH_MAX = 107
+
+
+#: Under the run folder: one file per model whose load failed, holding the handler's reason. MMS answers a failed
+#: load with only "Failed to start workers"; a front end on the same host (``mme serve``) reads the reason here.
+LOAD_ERRORS_FOLDER = "load-errors"
+
+
+def load_error_file(run_dir: Path, model_name: str) -> Path:
+    """Where the handler leaves the reason a load of ``model_name`` failed."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", model_name).lstrip(".") or "_"
+    return run_dir / LOAD_ERRORS_FOLDER / f"{safe}.txt"
 
 
 class SettingsError(ValueError):

@@ -16,7 +16,8 @@ from pathlib import Path, PurePosixPath
 
 from handler.codec import Prediction
 from handler.errors import HandlerError, ModelOutOfMemoryError
-from handler.model import MANIFEST_FILE, load_model_dir
+from handler.manifest import MANIFEST_FILE
+from handler.model import load_model_dir
 from handler.settings import ServingSettings
 
 logger = logging.getLogger(__name__)

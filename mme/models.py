@@ -22,6 +22,7 @@ import aiohttp
 import psutil
 import requests
 
+from handler.settings import load_error_file
 from mme.archive import ArchiveError, extract_archive
 from mme.container import LocalContainer, Response
 from mme.errors import ModelError, ModelNotReadyError, ServiceUnavailableError, ValidationError
@@ -222,9 +223,11 @@ class ModelCache:
             workers_before = {process.pid for process in self.container.worker_processes()}
             attempts_left = 1
             while True:
+                self._take_load_error(name)  # a reason left by an earlier attempt is not this one's
                 answer = await self._call("POST", "/models", json={"model_name": name, "url": str(path)})
                 if answer.status == 200:
                     break
+                reason = self._take_load_error(name)
                 # MMS keeps a failed model registered with no workers (and may leave a worker blocked): clean up.
                 removed = await self._discard_failed_load(name)
                 self._kill_new_workers(workers_before)
@@ -239,12 +242,13 @@ class ModelCache:
                         await self._evict(victim, reason=f"container out of memory loading {key}")
                         continue
                     raise ModelError(
-                        f"model {key} does not fit in the container's memory even with no other model loaded",
+                        f"model {key} does not fit in the container's memory even with no other model loaded"
+                        + (f": {reason}" if reason else ""),
                         original_status=answer.status,
                         original_message=answer.text,
                     )
                 raise ModelError(
-                    f"the container could not load model {key}",
+                    f"the container could not load model {key}: {reason or answer.text}",
                     original_status=answer.status,
                     original_message=answer.text,
                 )
@@ -256,6 +260,16 @@ class ModelCache:
             self.metrics.loaded_models.set(len(self._loaded))
             logger.info("loaded %s as %s in %.2f s (%d loaded)", key, name, elapsed, len(self._loaded))
             return model
+
+    def _take_load_error(self, name: str) -> str | None:
+        """The handler's reason for the last failed load of ``name`` (MMS says only "Failed to start workers")."""
+        path = load_error_file(self.container.run_dir, name)
+        try:
+            reason = path.read_text(encoding="utf-8", errors="replace").strip()
+        except OSError:
+            return None
+        path.unlink(missing_ok=True)
+        return reason or None
 
     def _download_and_extract(self, key: str, size: int, name: str, path: Path) -> None:
         archive = self.downloads_dir / f"{name}.tar.gz{_PARTIAL}"

@@ -19,7 +19,7 @@ from handler.errors import BadRequestError, NotAcceptableError, UnsupportedConte
 
 
 def _prediction(label: str) -> Prediction:
-    return Prediction(label=label, scores={label: 1.0}, logits=[1.0])
+    return Prediction(label=label, scores={label: 1.0}, output=[1.0])
 
 
 def test_input_text_is_one_single_record() -> None:

@@ -26,7 +26,7 @@ def test_demo_model_predicts_unambiguous_sentiment(sentiment) -> None:
     assert (good.label, bad.label) == ("positive", "negative")
     assert set(good.scores) == {"negative", "positive"}
     assert sum(good.scores.values()) == pytest.approx(1.0)
-    assert len(good.logits) == 2
+    assert len(good.output) == 2 and good.output_kind == "logits"
 
 
 def test_batch_and_single_predictions_agree(sentiment) -> None:
@@ -34,7 +34,7 @@ def test_batch_and_single_predictions_agree(sentiment) -> None:
     batch = sentiment.predict(texts)
     alone = [sentiment.predict([text])[0] for text in texts]
     for together, single in zip(batch, alone, strict=True):
-        assert together.logits == pytest.approx(single.logits, abs=1e-4)
+        assert together.output == pytest.approx(single.output, abs=1e-4)
 
 
 def test_highest_numeric_version_folder_is_served(tmp_path: Path, demo_model_dirs: dict[str, Path]) -> None:
@@ -87,8 +87,12 @@ def test_saved_model_without_serving_signature_is_a_load_error(tmp_path: Path, d
         ({"labels": ["only-one"]}, "lists 1 labels but the model outputs 2"),
         ({"labels": "negative"}, "'labels' must be a non-empty list"),
         ({"max_sequence_length": 0}, "'max_sequence_length' must be an integer >= 2"),
-        ({"input_names": ["input_ids", "pixels"]}, "not the inputs"),
-        ({"output_name": "probabilities"}, "none is 'logits'"),
+        ({"input_names": ["input_ids", "pixels"]}, "binds ['pixels'], which the 'serving_default' signature does not"),
+        ({"inputs": {"pixels": "input_ids"}}, "binds ['pixels'], which the 'serving_default' signature does not"),
+        ({"inputs": {"input_ids": "pixels"}}, "inputs['input_ids'] is 'pixels'; a tokenizer output is one of"),
+        ({"output_name": "probabilities"}, "names output_name 'probabilities', but the 'serving_default' signature"),
+        ({"output_kind": "odds"}, "'output_kind' must be one of ['logits', 'probabilities'], not 'odds'"),
+        ({"response_format": "xml"}, "'response_format' must be one of ['prediction', 'raw'], not 'xml'"),
         ({"colour": "blue"}, "unknown keys ['colour']"),
     ],
 )

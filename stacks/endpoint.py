@@ -34,16 +34,14 @@ from stacks.settings import SettingsError, StageSettings
 #: Repository root: the Docker build context (container/Dockerfile COPYs container/ and handler/ from it).
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = "container/Dockerfile"
-#: Docker-ignore rules: send only container/ and handler/ to the build (no .venv, node_modules, cdk.out, tests).
-IMAGE_EXCLUDES = [
-    "*",
-    "!container",
-    "!container/**",
-    "!handler",
-    "!handler/**",
-    "**/__pycache__",
-    "**/*.pyc",
-]
+#: The only folders of the repository sent to every image build (no .venv, node_modules, cdk.out, tests); a stage's
+#: default tokenizer folder is added to them (see `image_excludes`).
+IMAGE_SOURCES = ("container", "handler")
+#: container/Dockerfile's build argument naming the default tokenizer folder, relative to the build context; the
+#: Dockerfile copies it to `IMAGE_DEFAULT_TOKENIZER_DIR`. Unset, it copies the empty container/default-tokenizer.
+DEFAULT_TOKENIZER_BUILD_ARG = "DEFAULT_TOKENIZER"
+#: A folder holding one of these is a tokenizer: the files the handler looks for (handler/model.py).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 VARIANT_NAME = "AllTraffic"
 #: SageMaker publishes instance metrics (MemoryUtilization, ...) and accepts container metrics under this namespace.
 ENDPOINT_METRICS_NAMESPACE = "/aws/sagemaker/Endpoints"
@@ -78,6 +76,7 @@ class MultiModelEndpoint(Construct):
                 f"endpoint name {endpoint_name!r} (from the stack name) is not a valid SageMaker endpoint name; "
                 "allowed: <= 63 characters of letters, digits and '-'; shorten the stage name"
             )
+        check_default_tokenizer(settings)
         stack = Stack.of(self)
         self.endpoint_name = endpoint_name
 
@@ -87,7 +86,12 @@ class MultiModelEndpoint(Construct):
             directory=str(REPO_ROOT),
             file=DOCKERFILE,
             platform=ecr_assets.Platform.LINUX_AMD64,
-            exclude=IMAGE_EXCLUDES,
+            # Baked in, not fetched at start: the model runs with network isolation, and the tokenizer is then
+            # versioned with the image. A build argument is part of the asset hash, so another folder is a new image.
+            build_args=(
+                {DEFAULT_TOKENIZER_BUILD_ARG: settings.default_tokenizer} if settings.default_tokenizer else None
+            ),
+            exclude=image_excludes(settings),
             ignore_mode=IgnoreMode.DOCKER,
         )
 
@@ -299,6 +303,47 @@ class MultiModelEndpoint(Construct):
                     reason="Data capture writes generated keys under the capture prefix only.",
                 )
             )
+
+
+def image_excludes(settings: StageSettings) -> list[str]:
+    """Docker-ignore rules of the image build: everything but `IMAGE_SOURCES` and the stage's default tokenizer
+    folder (if any), and never Python bytecode (the last matching rule wins, so those rules come last)."""
+    sources = [*IMAGE_SOURCES, *([settings.default_tokenizer] if settings.default_tokenizer else [])]
+    allowed = [rule for source in sources for rule in (f"!{source}", f"!{source}/**")]
+    return ["*", *allowed, "**/__pycache__", "**/*.pyc"]
+
+
+def check_default_tokenizer(settings: StageSettings) -> None:
+    """Fail synth unless the stage's `default_tokenizer` ("" = none, nothing to check) is a folder under the
+    repository root holding at least one of `TOKENIZER_FILES`.
+
+    `StageSettings` checks only the value's shape; whether the folder is there is a fact of this checkout. Unchecked,
+    a mistake shows up late: a failed image build in the pipeline, or a failed load of every archive that ships no
+    tokenizer. Raises `SettingsError` naming `stages.<name>.default_tokenizer` and saying what to put there.
+    """
+    folder = settings.default_tokenizer
+    if not folder:
+        return
+    path = REPO_ROOT / folder
+    if not path.exists():
+        problem = "does not exist"
+    elif not path.resolve().is_relative_to(REPO_ROOT):
+        problem = f"leaves the repository (a link to {path.resolve()}); the image build cannot follow it"
+    elif not path.is_dir():
+        problem = "is not a folder"
+    elif not any((path / name).is_file() for name in TOKENIZER_FILES):
+        present = sorted(child.name for child in path.iterdir())[:10]
+        problem = f"holds no tokenizer files (found {present})"
+    else:
+        return
+    raise SettingsError(
+        f"context key 'stages.{settings.name}.default_tokenizer': the folder {folder!r} under the repository root "
+        f"({REPO_ROOT}) {problem}; allowed: a folder holding a tokenizer saved with transformers' save_pretrained "
+        f"(at least one of {', '.join(TOKENIZER_FILES)}). Create it on a machine that has the tokenizer, e.g. "
+        f'`python -c "from transformers import AutoTokenizer; '
+        f"AutoTokenizer.from_pretrained('bert-base-cased').save_pretrained('{folder}')\"`, then commit the folder "
+        '(the pipeline builds the image from git), or set default_tokenizer to "" if every archive ships its own.'
+    )
 
 
 def nag_resource(scope: Construct, value: str) -> str:

@@ -10,7 +10,7 @@ Context layout (every stage key is optional; defaults are the dataclass field de
     "connection_arn": "arn:aws:codeconnections:<region>:<account>:connection/<id>",
     "stages": {                          # deployment order for the pipeline
         "dev": {"instance_type": "ml.m5.large"},
-        "prod": {"min_instance_count": 2, "max_instance_count": 4}
+        "prod": {"min_instance_count": 2, "max_instance_count": 4, "default_tokenizer": "tokenizers/bert-base-cased"}
     }
 
 A bad value raises `SettingsError` whose message names the offending key and what is allowed, so `cdk synth`
@@ -41,6 +41,13 @@ MODEL_CACHE_SETTINGS = ("Enabled", "Disabled")
 SSM_PREFIX_PATTERN = re.compile(r"^(/[A-Za-z0-9_.-]+)+$")
 TARGET_MODEL_PATTERN = re.compile(r"^([A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*)?$")
 EMAIL_PATTERN = re.compile(r"^([^@\s]+@[^@\s]+\.[^@\s]+)?$")
+#: "" or a relative folder: no leading/trailing "/", no segment starting with "." (so no "." or ".." and nothing
+#: hidden), the characters docker-ignore rules and shells take literally. `\Z`, not `$`, so a trailing newline fails.
+REPO_FOLDER_PATTERN = re.compile(r"^([A-Za-z0-9_-][A-Za-z0-9_.-]*(/[A-Za-z0-9_-][A-Za-z0-9_.-]*)*)?\Z")
+REPO_FOLDER_MAX_LENGTH = 200
+
+#: Where container/Dockerfile copies the stage's default tokenizer inside the image (`COPY ${DEFAULT_TOKENIZER}/`).
+IMAGE_DEFAULT_TOKENIZER_DIR = "/opt/mme/default-tokenizer"
 
 #: Keys whose default differs per stage name (a stage called "prod" is protected and gated by default).
 PROD_STAGE_DEFAULTS: dict[str, Any] = {"termination_protection": True, "require_approval": True}
@@ -106,6 +113,12 @@ class StageSettings:
     jvm_heap: str = "1g"
     log_level: str = "INFO"
     max_texts_per_request: int = 64
+    #: Folder relative to the repository root holding a tokenizer saved with transformers' `save_pretrained`
+    #: (e.g. "tokenizers/bert-base-cased"), committed to git so the pipeline's build sees it. It is baked into the
+    #: image at /opt/mme/default-tokenizer (the model runs with network isolation, so nothing can be fetched at
+    #: start) and serves archives that ship no tokenizer (the original `0/`-only ones). "" = no default tokenizer:
+    #: every archive must ship its own. Synth fails when the folder holds no tokenizer files.
+    default_tokenizer: str = ""
 
     # --- monitoring --------------------------------------------------------------------------------------------
     #: "" = no SNS topic; otherwise alarms notify a KMS-encrypted topic with this email subscribed.
@@ -143,6 +156,7 @@ class StageSettings:
             "MME_JVM_HEAP": self.jvm_heap,
             "MME_LOG_LEVEL": self.log_level,
             "MME_MAX_TEXTS_PER_REQUEST": str(self.max_texts_per_request),
+            **({"MME_DEFAULT_TOKENIZER_DIR": IMAGE_DEFAULT_TOKENIZER_DIR} if self.default_tokenizer else {}),
         }
 
 
@@ -246,6 +260,15 @@ def _validate_stage(s: StageSettings) -> None:
     _check_match(s, "jvm_heap", JVM_HEAP_PATTERN, 'a JVM size such as "512m" or "1g"')
     _check_choice(s, "log_level", LOG_LEVELS)
     _check_int(s, "max_texts_per_request", 1, 10_000)
+    _check_match(
+        s,
+        "default_tokenizer",
+        REPO_FOLDER_PATTERN,
+        '"" or a folder relative to the repository root such as "tokenizers/bert-base-cased" (letters, digits, '
+        '"_", "-", "."; no leading or trailing "/", no "." or ".." segments)',
+    )
+    if len(s.default_tokenizer) > REPO_FOLDER_MAX_LENGTH:
+        raise _fail(f"{p}.default_tokenizer", f"at most {REPO_FOLDER_MAX_LENGTH} characters", s.default_tokenizer)
     _check_match(s, "alarm_email", EMAIL_PATTERN, '"" or an email address')
     _check_int(s, "alarm_5xx_errors", 1, 1_000_000)
     _check_int(s, "alarm_model_loading_wait_seconds", 1, 3600)

@@ -17,13 +17,44 @@ def _instructions() -> list[tuple[str, str]]:
     return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
 
 
+def _arg_defaults() -> dict[str, str]:
+    """``ARG NAME=default`` values: what a build without ``--build-arg`` uses."""
+    defaults = {}
+    for keyword, args in _instructions():
+        if keyword == "ARG" and "=" in args:
+            name, default = args.split("=", 1)
+            defaults[name.strip()] = default.strip()
+    return defaults
+
+
+def _with_arg_defaults(text: str) -> str:
+    defaults = _arg_defaults()
+
+    def default(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        assert name in defaults, f"${name} is used in the Dockerfile but has no ARG default"
+        return defaults[name]
+
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)", default, text)
+
+
 def test_every_copied_source_exists_in_the_build_context() -> None:
     copies = [shlex.split(args) for keyword, args in _instructions() if keyword in {"COPY", "ADD"}]
     assert copies, "the Dockerfile copies nothing"
     for parts in copies:
-        sources = [part for part in parts[:-1] if not part.startswith("--")]
+        sources = [_with_arg_defaults(part) for part in parts[:-1] if not part.startswith("--")]
         for source in sources:
+            assert "$" not in source, source
             assert (ROOT / source).exists(), f"COPY source {source} is missing from the repository root"
+
+
+def test_default_tokenizer_copy_defaults_to_the_empty_placeholder() -> None:
+    copies = [args for keyword, args in _instructions() if keyword == "COPY" and "DEFAULT_TOKENIZER" in args]
+    assert copies == ["${DEFAULT_TOKENIZER}/ /opt/mme/default-tokenizer/"]
+    placeholder = ROOT / _arg_defaults()["DEFAULT_TOKENIZER"]
+    assert placeholder == ROOT / "container" / "default-tokenizer"
+    # Only the README: a tokenizer here would be baked into every image without any stage asking for it.
+    assert sorted(child.name for child in placeholder.iterdir()) == ["README.md"]
 
 
 def test_image_installs_exactly_the_tested_requirements() -> None:

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,3 +72,24 @@ def synth_app(outdir: Path, extra_context: Mapping[str, Any] | None = None) -> S
     pipeline = app.node.find_child(cdk_app.PIPELINE_STACK_ID)
     assert isinstance(pipeline, PipelineStack)
     return Synthesized(app=app, pipeline=pipeline, outdir=outdir)
+
+
+@contextmanager
+def repo_scratch_dir() -> Iterator[Path]:
+    """A fresh folder under the repository's gitignored `build/`, removed afterwards.
+
+    For settings that name folders relative to the repository root (`default_tokenizer`): synth checks them there.
+    """
+    path = REPO_ROOT / "build" / f"test-stacks-{uuid.uuid4().hex[:12]}"
+    path.mkdir(parents=True)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def write_tokenizer(folder: Path, words: list[str]) -> str:
+    """A minimal WordPiece tokenizer folder (a `vocab.txt`) at `folder`; returns its path relative to the repo root."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words]) + "\n")
+    return folder.relative_to(REPO_ROOT).as_posix()

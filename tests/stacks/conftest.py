@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 from aws_cdk.assertions import Template
-from cdk_synth import Synthesized, synth_app
+from cdk_synth import Synthesized, repo_scratch_dir, synth_app
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +29,10 @@ def dev_endpoint(synthesized: Synthesized) -> Template:
 @pytest.fixture(scope="session")
 def pipeline_template(synthesized: Synthesized) -> Template:
     return synthesized.template(synthesized.pipeline)
+
+
+@pytest.fixture(scope="module")
+def repo_scratch() -> Iterator[Path]:
+    """A folder under the repository's `build/` for the module's tokenizer folders, removed after the module."""
+    with repo_scratch_dir() as path:
+        yield path

@@ -1,9 +1,21 @@
-"""The CDK app and the serving container agree on the container's environment variables."""
+"""The CDK app and the serving container agree on the container's environment variables and image layout."""
 
 from __future__ import annotations
 
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from cdk_synth import REPO_ROOT
+
+from handler.errors import ModelLoadError
+from handler.model import find_tokenizer
 from handler.settings import ServingSettings
-from stacks.settings import load_app_settings
+from stacks.endpoint import DEFAULT_TOKENIZER_BUILD_ARG, TOKENIZER_FILES, check_default_tokenizer
+from stacks.settings import IMAGE_DEFAULT_TOKENIZER_DIR, SettingsError, StageSettings, load_app_settings
+
+DOCKERFILE = REPO_ROOT / "container" / "Dockerfile"
 
 
 def test_every_container_setting_from_cdk_context_reaches_the_serving_settings() -> None:
@@ -29,3 +41,42 @@ def test_every_container_setting_from_cdk_context_reaches_the_serving_settings()
         serving.log_level,
         serving.max_texts_per_request,
     ) == tuple(custom.values())
+
+
+def test_default_tokenizer_setting_reaches_the_serving_settings_as_the_image_folder() -> None:
+    with_default = load_app_settings({"stages": {"dev": {"default_tokenizer": "tokenizers/bert-base-cased"}}})
+    serving = ServingSettings.from_env(with_default.stages[0].container_environment())
+    assert serving.default_tokenizer_dir == Path(IMAGE_DEFAULT_TOKENIZER_DIR)
+    without = ServingSettings.from_env(load_app_settings({"stages": {"dev": {}}}).stages[0].container_environment())
+    assert without.default_tokenizer_dir is None
+
+
+def test_dockerfile_copies_the_build_argument_folder_to_the_announced_directory() -> None:
+    text = DOCKERFILE.read_text()
+    assert re.search(rf"^ARG {DEFAULT_TOKENIZER_BUILD_ARG}=\S+$", text, re.MULTILINE)
+    copies = [shlex.split(line)[1:] for line in text.splitlines() if line.startswith("COPY ")]
+    (destination,) = [parts[-1] for parts in copies if parts[0] == f"${{{DEFAULT_TOKENIZER_BUILD_ARG}}}/"]
+    # The trailing "/" makes Docker copy the folder's contents into the directory the environment variable names.
+    assert destination == IMAGE_DEFAULT_TOKENIZER_DIR + "/"
+
+
+@pytest.mark.parametrize("file_name", TOKENIZER_FILES)
+def test_a_folder_synth_accepts_is_a_default_tokenizer_the_handler_accepts(
+    repo_scratch: Path, tmp_path: Path, file_name: str
+) -> None:
+    folder = repo_scratch / file_name.replace(".", "-")
+    folder.mkdir()
+    (folder / file_name).write_text("{}\n")
+    check_default_tokenizer(StageSettings(name="dev", default_tokenizer=folder.relative_to(REPO_ROOT).as_posix()))
+    archive_without_tokenizer = tmp_path / "model"
+    (archive_without_tokenizer / "0").mkdir(parents=True)
+    assert find_tokenizer(archive_without_tokenizer, folder) == folder
+
+
+def test_a_folder_synth_refuses_is_no_default_tokenizer_for_the_handler(tmp_path: Path) -> None:
+    placeholder = REPO_ROOT / "container" / "default-tokenizer"
+    with pytest.raises(SettingsError):
+        check_default_tokenizer(StageSettings(name="dev", default_tokenizer="container/default-tokenizer"))
+    (tmp_path / "0").mkdir()
+    with pytest.raises(ModelLoadError):
+        find_tokenizer(tmp_path, placeholder)

@@ -54,6 +54,19 @@ def test_container_environment_carries_every_tunable() -> None:
     }
 
 
+@pytest.mark.parametrize("folder", ["tokenizers/bert-base-cased", "bert_base.v2", "a/b-c/d.e_f"])
+def test_default_tokenizer_is_a_relative_folder_and_announced_to_the_container(folder: str) -> None:
+    stage = load_app_settings({"stages": {"dev": {"default_tokenizer": folder}}}).stages[0]
+    assert stage.default_tokenizer == folder
+    assert stage.container_environment()["MME_DEFAULT_TOKENIZER_DIR"] == "/opt/mme/default-tokenizer"
+
+
+def test_no_default_tokenizer_by_default() -> None:
+    stage = load_app_settings({}).stages[0]
+    assert stage.default_tokenizer == ""
+    assert "MME_DEFAULT_TOKENIZER_DIR" not in stage.container_environment()
+
+
 @pytest.mark.parametrize(
     ("stage", "fragments"),
     [
@@ -71,6 +84,16 @@ def test_container_environment_carries_every_tunable() -> None:
         ({"model_prefix": "data/", "capture_prefix": "data/capture/"}, ["model_prefix", "capture_prefix", "overlap"]),
         ({"jvm_heap": "lots"}, ["stages.dev.jvm_heap", "1g"]),
         ({"alarm_email": "not-an-address"}, ["stages.dev.alarm_email", "email"]),
+        ({"default_tokenizer": "/opt/tokenizers/bert"}, ["stages.dev.default_tokenizer", "no leading"]),
+        ({"default_tokenizer": "../tokenizers/bert"}, ["stages.dev.default_tokenizer", '".." segments']),
+        ({"default_tokenizer": "tokenizers/../../bert"}, ["stages.dev.default_tokenizer", "relative to the repo"]),
+        ({"default_tokenizer": "tokenizers/bert/"}, ["stages.dev.default_tokenizer", 'trailing "/"']),
+        ({"default_tokenizer": "tokenizers//bert"}, ["stages.dev.default_tokenizer", "tokenizers/bert-base-cased"]),
+        ({"default_tokenizer": "./tokenizers/bert"}, ["stages.dev.default_tokenizer", '"." or ".."']),
+        ({"default_tokenizer": "tokenizers/bert base"}, ["stages.dev.default_tokenizer", "letters, digits"]),
+        ({"default_tokenizer": "tokenizers/bert\n"}, ["stages.dev.default_tokenizer"]),
+        ({"default_tokenizer": "t/" * 101 + "x"}, ["stages.dev.default_tokenizer", "at most 200 characters"]),
+        ({"default_tokenizer": True}, ["stages.dev.default_tokenizer", "a string"]),
     ],
 )
 def test_bad_stage_value_names_key_and_allowed_values(stage: dict[str, object], fragments: list[str]) -> None:

@@ -333,11 +333,19 @@ def classifier_of(reading: ModelReading) -> TensorFlowTextClassifier:
         plan=reading.plan,
         response_format=reading.manifest.response_format or ResponseFormat.PREDICTION,
     )
+    import tensorflow as tf
+
     try:
         warm_up = classifier.outputs([_WARM_UP_TEXT])
     except KeyError as error:
         raise ModelLoadError(
             f"the tokenizer in {reading.tokenizer_dir} produces no {error} for the signature"
+        ) from None
+    except tf.errors.OpError as error:
+        # Typically token ids beyond the model's vocabulary: a tokenizer other than the one it was trained with.
+        raise ModelLoadError(
+            f"the model fails on a test text tokenized by {reading.tokenizer_dir}: {error.message.splitlines()[0]}; "
+            "is this the tokenizer it was trained with?"
         ) from None
     width = len(warm_up[0])
     if max(width, 2) != len(reading.labels):

@@ -180,19 +180,25 @@ def _parse_input(reference: str) -> tuple[str, int]:
     return parts[0], int(parts[-1]) if len(parts) > 1 else 0
 
 
-def _suggested_output(name: str) -> str:
+def _suggested_output(name: str, taken: set[str]) -> str:
+    """A guess for the hint only (never bound without the user saying so): the tokenizer output a name suggests."""
     lowered = name.lower()
-    if "mask" in lowered:
-        return "attention_mask"
-    if "type" in lowered or "segment" in lowered:
-        return "token_type_ids"
-    if "id" in lowered or "token" in lowered or "word" in lowered:
-        return "input_ids"
+    for words, output in (
+        (("mask", "valid", "attention"), "attention_mask"),
+        (("type", "segment"), "token_type_ids"),
+        (("ids", "token", "word", "input"), "input_ids"),
+    ):
+        if any(word in lowered for word in words) and output not in taken:
+            return output
     return "|".join(TOKENIZER_OUTPUTS)
 
 
 def _binding_hint(description: SignatureDescription, bound: Mapping[str, str]) -> str:
-    mapping = {spec.name: bound.get(spec.name) or _suggested_output(spec.name) for spec in description.inputs}
+    taken = set(bound.values())
+    mapping = {}
+    for spec in description.inputs:
+        mapping[spec.name] = bound.get(spec.name) or _suggested_output(spec.name, taken)
+        taken.add(mapping[spec.name])
     flags = " ".join(f"--input {name}={output}" for name, output in mapping.items())
     return f'add to {MANIFEST_FILE}:  "inputs": {json.dumps(mapping)}  (or pass `mme package {flags}`)'
 

@@ -26,7 +26,8 @@ def test_demo_model_predicts_unambiguous_sentiment(sentiment) -> None:
     assert (good.label, bad.label) == ("positive", "negative")
     assert set(good.scores) == {"negative", "positive"}
     assert sum(good.scores.values()) == pytest.approx(1.0)
-    assert len(good.output) == 2 and good.output_kind == "logits"
+    assert len(good.output) == 2
+    assert good.output_kind == "logits"
 
 
 def test_batch_and_single_predictions_agree(sentiment) -> None:

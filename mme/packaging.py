@@ -170,6 +170,11 @@ def _stage_source(source: Path, staging: Path) -> None:
     elif (source / "saved_model.pb").is_file():
         shutil.copytree(source, staging / VERSION_FOLDER)
     elif source.is_dir():
+        if not any((child / "saved_model.pb").is_file() for child in source.iterdir() if child.name.isdigit()):
+            raise ArchiveError(
+                f"{source} holds no SavedModel: give the folder model.save or tf.saved_model.save wrote (the one "
+                "with saved_model.pb), or a model folder with a version folder such as 0/"
+            )
         shutil.copytree(source, staging, dirs_exist_ok=True)
     else:
         raise ArchiveError(f"{source} does not exist")

@@ -100,3 +100,34 @@ def oom_model_dir(demo_tokenizer: Path, tmp_path_factory: pytest.TempPathFactory
 def oom_on_long_text_model_dir(demo_tokenizer: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model that loads (its warm-up text is short) and runs out of memory on texts of 12 tokens or more."""
     return _save_greedy_model(tmp_path_factory.mktemp("oom-long-model"), demo_tokenizer, min_tokens=12)
+
+
+@pytest.fixture(scope="session")
+def keras_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every case of ``keras_models.CASES`` saved with tf_keras ``model.save(root/0)``: name -> root (``0/`` only,
+    like the original archives)."""
+    from keras_models import CASES, save_keras_model
+
+    out = tmp_path_factory.mktemp("keras-models")
+    return {name: save_keras_model(case, out / name) for name, case in CASES.items()}
+
+
+@pytest.fixture(scope="session")
+def keras_archives(
+    keras_models: dict[str, Path], demo_tokenizer: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """Each Keras model packaged by ``mme package`` with the demo tokenizer and only the flags its case needs."""
+    from keras_models import CASES
+    from typer.testing import CliRunner
+
+    from mme.cli import app
+
+    out = tmp_path_factory.mktemp("keras-archives")
+    archives = {}
+    for name, root in keras_models.items():
+        archive = out / f"{name}.tar.gz"
+        args = ["package", "--saved-model", str(root / "0"), "--tokenizer", str(demo_tokenizer), "-o", str(archive)]
+        result = CliRunner().invoke(app, [*args, *CASES[name].package_flags])
+        assert result.exit_code == 0, result.output
+        archives[name] = archive
+    return archives

@@ -15,13 +15,15 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt requirements-cdk.txt container/requirements.txt pyproject.toml \
+$(STAMP): requirements.txt requirements-dev.txt requirements-cdk.txt requirements-nodeps.txt container/requirements.txt \
+		pyproject.toml \
 		package.json package-lock.json scripts/setup-cdk.sh
 	@command -v java >/dev/null || { $(SUDO) apt-get update && \
 		$(SUDO) apt-get install -y --no-install-recommends openjdk-17-jre-headless; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	$(PY) -m pip install --quiet --no-deps --editable .
 	bash scripts/setup-cdk.sh
 	@touch $@

@@ -102,7 +102,8 @@ def find_tokenizer(model_dir: Path, default_dir: Path | None) -> Path:
         raise ModelLoadError(f"the default tokenizer folder {default_dir} (MME_DEFAULT_TOKENIZER_DIR) has no tokenizer")
     raise ModelLoadError(
         f"no tokenizer in {model_dir}: save one with save_pretrained at the archive root or in tokenizer/ "
-        f"(expected one of {list(_TOKENIZER_FILES)}), or set MME_DEFAULT_TOKENIZER_DIR"
+        f"(expected one of {list(_TOKENIZER_FILES)}), or give the container a default tokenizer "
+        "(MME_DEFAULT_TOKENIZER_DIR: the stage setting default_tokenizer, or mme serve --default-tokenizer)"
     )
 
 

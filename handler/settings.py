@@ -80,7 +80,9 @@ class ServingSettings:
     log_level: str = "INFO"
     #: ``MME_MAX_TEXTS_PER_REQUEST`` (64): more texts in one request is a 400, to bound a request's latency.
     max_texts_per_request: int = 64
-    #: ``MME_DEFAULT_TOKENIZER_DIR`` (unset): tokenizer for archives that ship none (the original ``0/``-only ones).
+    #: ``MME_DEFAULT_TOKENIZER_DIR`` (unset): tokenizer for archives that ship none (the original ``0/``-only ones);
+    #: on AWS the stage setting ``default_tokenizer`` bakes one into the image and sets this, locally
+    #: ``mme serve --default-tokenizer`` does.
     default_tokenizer_dir: Path | None = None
     #: ``MME_MMS_CONFIG_FILE`` (``/etc/sagemaker-mms.properties``): where the MMS configuration is written.
     mms_config_file: Path = Path("/etc/sagemaker-mms.properties")

@@ -7,6 +7,8 @@ import json
 import logging
 import re
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -100,6 +102,18 @@ def _bindings(pairs: list[str]) -> dict[str, str] | None:
     return bindings or None
 
 
+@contextmanager
+def _model_errors(action: str) -> Iterator[None]:
+    """Turn every failure of reading a model into a CLI error of a few lines; ``-v`` logs the traceback."""
+    try:
+        yield
+    except (ArchiveError, HandlerError) as error:
+        raise _fail(str(error)) from None
+    except Exception as error:  # TensorFlow or transformers failing in a way the handler does not name
+        logging.getLogger("mme").info("%s failed", action, exc_info=True)
+        raise _fail(f"{action} failed unexpectedly: {type(error).__name__}: {error} (-v shows where)") from None
+
+
 def _print_report(report: ModelReport) -> None:
     for line in report.lines():
         typer.echo(line)
@@ -171,7 +185,7 @@ def package(
         output_kind=output_kind,
         response_format=response_format,
     )
-    try:
+    with _model_errors("packaging"):
         Manifest.from_json(overrides.to_json())  # the same checks as mme.json, with the same messages
         report = package_model(
             source=saved_model or source,  # type: ignore[arg-type]
@@ -182,12 +196,6 @@ def package(
             overrides=overrides,
             overwrite=overwrite,
         )
-    except (ArchiveError, HandlerError) as error:
-        raise _fail(str(error)) from None
-    except Exception as error:  # never a traceback: say what failed and how to see more
-        raise _fail(
-            f"packaging failed unexpectedly: {type(error).__name__}: {error} (run with -v for details)"
-        ) from None
     _print_report(report)
     typer.echo(f"wrote {output}: valid")
 
@@ -206,14 +214,8 @@ def inspect(
     prediction) without writing anything."""
     from mme.packaging import inspect_model
 
-    try:
+    with _model_errors("inspecting"):
         report = inspect_model(path, default_tokenizer=default_tokenizer)
-    except (ArchiveError, HandlerError) as error:
-        raise _fail(str(error)) from None
-    except Exception as error:  # never a traceback: say what failed and how to see more
-        raise _fail(
-            f"inspecting failed unexpectedly: {type(error).__name__}: {error} (run with -v for details)"
-        ) from None
     _print_report(report)
 
 

@@ -101,6 +101,10 @@ def _package(*args: str) -> Result:
     return runner.invoke(app, ["package", *args])
 
 
+def _package_keras(model_root: Path, tokenizer: Path, output: Path, *flags: str) -> Result:
+    return _package("--saved-model", str(model_root / "0"), "--tokenizer", str(tokenizer), *flags, "-o", str(output))
+
+
 def _refused(result: Result, fragment: str) -> None:
     assert result.exit_code == 2, result.output
     assert fragment in result.output
@@ -112,9 +116,7 @@ def test_original_keras_model_packages_with_no_flags_and_reports_what_it_found(
     keras_models: dict[str, Path], demo_tokenizer: Path, tmp_path: Path
 ) -> None:
     output = tmp_path / "original-v2.tar.gz"
-    result = _package(
-        "--saved-model", str(keras_models["static64"] / "0"), "--tokenizer", str(demo_tokenizer), "-o", str(output)
-    )
+    result = _package_keras(keras_models["static64"], demo_tokenizer, output)
     assert result.exit_code == 0, result.output
     assert "input_ids (int32 [batch, 64]) <- input_ids (default)" in result.output
     assert "input_mask (int32 [batch, 64]) <- attention_mask (default)" in result.output
@@ -129,9 +131,7 @@ def test_input_names_nobody_can_guess_are_refused_with_the_line_to_add(
     keras_models: dict[str, Path], demo_tokenizer: Path, tmp_path: Path
 ) -> None:
     output = tmp_path / "custom.tar.gz"
-    result = _package(
-        "--saved-model", str(keras_models["custom_names"] / "0"), "--tokenizer", str(demo_tokenizer), "-o", str(output)
-    )
+    result = _package_keras(keras_models["custom_names"], demo_tokenizer, output)
     _refused(result, '"inputs": {"tokens": "input_ids", "valid": "attention_mask"}')
     assert "--input tokens=input_ids --input valid=attention_mask" in result.output
     assert not output.exists()
@@ -227,9 +227,7 @@ def test_bad_flags_are_refused_in_a_few_lines(
     keras_models: dict[str, Path], demo_tokenizer: Path, tmp_path: Path, case: str, flags: list[str], fragment: str
 ) -> None:
     output = tmp_path / "m.tar.gz"
-    result = _package(
-        "--saved-model", str(keras_models[case] / "0"), "--tokenizer", str(demo_tokenizer), *flags, "-o", str(output)
-    )
+    result = _package_keras(keras_models[case], demo_tokenizer, output, *flags)
     _refused(result, fragment)
     assert not output.exists()
 

@@ -19,9 +19,12 @@ from handler.manifest import Manifest, OutputKind, ResponseFormat
 from mme.archive import ARCHIVE_SUFFIX, ArchiveError
 
 if TYPE_CHECKING:
+    from mme.container import LocalContainer
     from mme.packaging import ModelReport
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "mme"
+#: Where the image keeps its default tokenizer (container/Dockerfile; the CDK stage setting default_tokenizer).
+IMAGE_DEFAULT_TOKENIZER = "/opt/mme/default-tokenizer"
 _LONGEST_TEMP_BASE = 40
 
 
@@ -343,8 +346,19 @@ def serve(
             help="Tokenizer folder (save_pretrained) for archives that ship none, like the image's default_tokenizer.",
         ),
     ] = None,
+    image: Annotated[
+        str | None,
+        typer.Option(
+            help="Run this serving image on the local Docker engine (e.g. mme-serving:local from `make image`) "
+            "instead of the container's software as host processes."
+        ),
+    ] = None,
+    memory: Annotated[
+        str | None, typer.Option(help="With --image: the container's memory limit, e.g. 2g (docker run --memory).")
+    ] = None,
 ) -> None:
     """Run a local multi-model endpoint with SageMaker's runtime API, backed by the real container software."""
+    from mme.container import ContainerError
     from mme.endpoint import EndpointConfig, run_endpoint
     from mme.models import CachePolicy
     from mme.store import StoreError, open_store
@@ -353,8 +367,13 @@ def serve(
     logging.getLogger("mme").setLevel(min(logging.getLogger("mme").getEffectiveLevel(), logging.INFO))
     budget = parse_size(memory_budget) if memory_budget is not None else None
     environment = _environment_pairs(container_env or [])
+    if memory is not None and image is None:
+        raise _fail("--memory limits the image's container: give --image too")
     if default_tokenizer is not None:
-        environment["MME_DEFAULT_TOKENIZER_DIR"] = str(default_tokenizer.resolve())
+        # In the image, the folder is mounted where the image keeps its own default tokenizer.
+        environment["MME_DEFAULT_TOKENIZER_DIR"] = (
+            IMAGE_DEFAULT_TOKENIZER if image else str(default_tokenizer.resolve())
+        )
     try:
         model_store = open_store(store)
     except StoreError as error:
@@ -376,7 +395,11 @@ def serve(
                 load_wait_seconds=load_wait_seconds,
             ),
             container_environment=environment,
-        )
+            container=_image_container(
+                image, run_dir=Path(run_dir), cache_dir=cache_dir, environment=environment, memory=memory,
+                default_tokenizer=default_tokenizer,
+            ) if image else None,
+        )  # fmt: skip
         try:
             run_endpoint(
                 config,
@@ -387,8 +410,33 @@ def serve(
                     "Ctrl-C stops it"
                 ),
             )
+        except ContainerError as error:
+            raise _fail(f"the model container did not start: {error}") from None
         except OSError as error:
             raise _fail(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+
+
+def _image_container(
+    image: str,
+    *,
+    run_dir: Path,
+    cache_dir: Path,
+    environment: dict[str, str],
+    memory: str | None,
+    default_tokenizer: Path | None,
+) -> LocalContainer:
+    from mme.image import ImageContainer
+
+    models_root = cache_dir / "models"
+    models_root.mkdir(parents=True, exist_ok=True)
+    return ImageContainer(
+        run_dir / "container",
+        image=image,
+        models_root=models_root,
+        environment=environment,
+        memory=memory,
+        mounts={default_tokenizer: IMAGE_DEFAULT_TOKENIZER} if default_tokenizer else None,
+    )
 
 
 @app.command("invoke")

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -24,6 +24,8 @@ from typing import Any
 
 import psutil
 import requests
+
+from handler.settings import load_error_file
 
 logger = logging.getLogger(__name__)
 
@@ -121,9 +123,10 @@ class Response:
 class ContainerClient:
     """The SageMaker multi-model container API of one server (``GET /ping``, ``/models``, ``invoke``)."""
 
-    def __init__(self, base_url: str, *, timeout: float = 120.0) -> None:
+    def __init__(self, base_url: str, *, timeout: float = 120.0, model_url: Callable[[Path], str] = str) -> None:
         self.base_url = base_url.rstrip("/")
         self._timeout = timeout
+        self._model_url = model_url
         self._session = requests.Session()
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Response:
@@ -134,8 +137,12 @@ class ContainerClient:
         return self._call("GET", "/ping")
 
     def load(self, model_name: str, url: str | Path) -> Response:
-        """``POST /models``: 200 when ready, 409 already loaded, 404 bad url, 507 out of memory."""
-        return self._call("POST", "/models", json={"model_name": model_name, "url": str(url)})
+        """``POST /models``: 200 when ready, 409 already loaded, 404 bad url, 507 out of memory.
+
+        A ``Path`` is a model folder on this host, given to the container as the container sees it.
+        """
+        where = self._model_url(url) if isinstance(url, Path) else url
+        return self._call("POST", "/models", json={"model_name": model_name, "url": where})
 
     def unload(self, model_name: str) -> Response:
         return self._call("DELETE", f"/models/{model_name}")
@@ -207,7 +214,7 @@ class LocalContainer:
         self._startup_timeout = startup_timeout
         self._process: subprocess.Popen[bytes] | None = None
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.client = ContainerClient(self.base_url)
+        self.client = ContainerClient(self.base_url, model_url=self.model_url)
 
     @property
     def running(self) -> bool:
@@ -230,15 +237,19 @@ class LocalContainer:
         """Everything the entrypoint, MMS and the workers print."""
         return self.run_dir / "serve.log"
 
-    def start(self) -> LocalContainer:
-        """Start the entrypoint and wait until ``GET /ping`` answers 200.
+    def model_url(self, model_dir: Path) -> str:
+        """The ``url`` of ``POST /models`` for a model folder on this host: the container shares this filesystem."""
+        return str(model_dir.resolve())
 
-        Raises:
-            ContainerError: the server exited or did not answer within the startup timeout.
-        """
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.client = ContainerClient(self.base_url)
-        env = {
+    def load_error_file(self, model_name: str) -> Path:
+        """Where, on this host, the handler leaves the reason a load of ``model_name`` failed."""
+        return load_error_file(self.run_dir, model_name)
+
+    def _command(self) -> list[str]:
+        return [sys.executable, "-m", "handler.serve"]
+
+    def _process_environment(self) -> dict[str, str]:
+        return {
             **os.environ,
             **self._environment,
             "SAGEMAKER_BIND_TO_PORT": str(self.port),
@@ -246,11 +257,20 @@ class LocalContainer:
             "MME_RUN_DIR": str(self.run_dir),
             "MME_MMS_CONFIG_FILE": str(self.run_dir / "mms.properties"),
         }
+
+    def start(self) -> LocalContainer:
+        """Start the entrypoint and wait until ``GET /ping`` answers 200.
+
+        Raises:
+            ContainerError: the server exited or did not answer within the startup timeout.
+        """
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.client = ContainerClient(self.base_url, model_url=self.model_url)
         with self.log_file.open("ab") as log:
             # A session of its own, so stopping reaches every process the server started.
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "handler.serve"],
-                env=env,
+            self._process = subprocess.Popen(  # noqa: S603 - our own interpreter, or the engine's client
+                self._command(),
+                env=self._process_environment(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

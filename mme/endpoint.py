@@ -45,6 +45,8 @@ class EndpointConfig:
     - ``variant_name`` (default ``AllTraffic``, SageMaker's default): returned as the invoked production variant.
     - ``policy``: what stays loaded (see :class:`CachePolicy`).
     - ``container_environment``: container tunables (``MME_*``, ``SAGEMAKER_*``) for the model server.
+    - ``container`` (default: the container's software as host processes under ``run_dir``): the model server
+      runtime, for example an :class:`~mme.image.ImageContainer` serving ``cache_dir/models``.
     """
 
     store: ModelStore
@@ -54,6 +56,7 @@ class EndpointConfig:
     variant_name: str = "AllTraffic"
     policy: CachePolicy = field(default_factory=CachePolicy)
     container_environment: Mapping[str, str] = field(default_factory=dict)
+    container: LocalContainer | None = None
 
 
 def _error_response(error: SageMakerError, request_id: str) -> web.Response:
@@ -71,7 +74,9 @@ class LocalEndpoint:
     def __init__(self, config: EndpointConfig) -> None:
         self.config = config
         self.metrics = EndpointMetrics()
-        self.container = LocalContainer(config.run_dir / "container", environment=config.container_environment)
+        self.container = config.container or LocalContainer(
+            config.run_dir / "container", environment=config.container_environment
+        )
         self.cache = ModelCache(
             store=config.store,
             container=self.container,

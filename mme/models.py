@@ -22,7 +22,6 @@ import aiohttp
 import psutil
 import requests
 
-from handler.settings import load_error_file
 from mme.archive import ArchiveError, extract_archive
 from mme.container import LocalContainer, Response
 from mme.errors import ModelError, ModelNotReadyError, ServiceUnavailableError, ValidationError
@@ -224,7 +223,9 @@ class ModelCache:
             attempts_left = 1
             while True:
                 self._take_load_error(name)  # a reason left by an earlier attempt is not this one's
-                answer = await self._call("POST", "/models", json={"model_name": name, "url": str(path)})
+                answer = await self._call(
+                    "POST", "/models", json={"model_name": name, "url": self.container.model_url(path)}
+                )
                 if answer.status == 200:
                     break
                 reason = self._take_load_error(name)
@@ -263,7 +264,7 @@ class ModelCache:
 
     def _take_load_error(self, name: str) -> str | None:
         """The handler's reason for the last failed load of ``name`` (MMS says only "Failed to start workers")."""
-        path = load_error_file(self.container.run_dir, name)
+        path = self.container.load_error_file(name)
         try:
             reason = path.read_text(encoding="utf-8", errors="replace").strip()
         except OSError:

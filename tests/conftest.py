@@ -131,3 +131,23 @@ def keras_archives(
         assert result.exit_code == 0, result.output
         archives[name] = archive
     return archives
+
+
+#: The image `make image` builds; MME_TEST_IMAGE names another.
+TEST_IMAGE = os.environ.get("MME_TEST_IMAGE", "mme-serving:local")
+
+
+@pytest.fixture(scope="session")
+def serving_image() -> str:
+    """The serving image on the local Docker engine. Without an engine or the image, image tests skip with the
+    reason; under CI (``CI=true``) they fail instead, so CI can never pass without running them."""
+    from mme.image import docker_available, image_exists
+
+    problem = docker_available()
+    if problem is None and not image_exists(TEST_IMAGE):
+        problem = f"the engine has no image {TEST_IMAGE!r}: run `make image`"
+    if problem is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run the image tests: {problem}")
+        pytest.skip(problem)
+    return TEST_IMAGE

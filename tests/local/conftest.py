@@ -8,8 +8,8 @@ import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import psutil
 import pytest
+from local_serving import mms_processes, serving_containers
 
 from mme.archive import write_archive
 from mme.container import processes_under
@@ -45,15 +45,21 @@ def store(
     return root
 
 
-@pytest.fixture(scope="module")
-def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ServeProcess]]:
-    """Start ``mme serve --store STORE [options]``; every server started is stopped at the end of the module,
-    and no MMS or worker process may outlive it."""
+@pytest.fixture(scope="module", params=["host", "image"])
+def serve(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., ServeProcess]]:
+    """Start ``mme serve --store STORE [options]``, with the container's software as host processes or, for the
+    ``image`` variant, the serving image on the Docker engine (``--image``); every server started is stopped at the
+    end of the module, and no MMS process or serving container may outlive it."""
+    runtime = ["--image", request.getfixturevalue("serving_image")] if request.param == "image" else []
     started: list[ServeProcess] = []
 
     def start(store: str | Path, *options: str, env: dict[str, str] | None = None) -> ServeProcess:
         tmp_dir = tmp_path_factory.mktemp("serve")
-        endpoint = ServeProcess(store, tmp_dir=tmp_dir, cache_dir=tmp_dir / "cache", options=options, environment=env)
+        endpoint = ServeProcess(
+            store, tmp_dir=tmp_dir, cache_dir=tmp_dir / "cache", options=[*runtime, *options], environment=env
+        )
         started.append(endpoint)
         return endpoint.start()
 
@@ -63,13 +69,4 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Se
         assert processes_under(endpoint.tmp_dir) == [], "a process of mme serve outlived it"
     # Tests start one MMS at a time (MMS refuses a second), so after the last stop none may be left anywhere.
     assert mms_processes() == [], "an MMS front end or worker outlived mme serve"
-
-
-def mms_processes() -> list[psutil.Process]:
-    """Every MMS front end and worker on this machine."""
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(process.info["cmdline"] or [])
-        if "com.amazonaws.ml.mms.ModelServer" in cmdline or "model_service_worker" in cmdline:
-            found.append(process)
-    return found
+    assert serving_containers() == [], "a serving container outlived mme serve"

@@ -13,6 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 from botocore.exceptions import ClientError
+from local_serving import mms_front_ends, serving_containers
 from typer.testing import CliRunner
 
 from mme.cli import app
@@ -174,7 +175,7 @@ def test_metrics_count_invocations_errors_and_loaded_models(endpoint: ServeProce
 
 def test_dead_container_is_service_unavailable_then_restarted(endpoint: ServeProcess) -> None:
     client = endpoint.client()
-    java = [p for p in processes_under(endpoint.tmp_dir) if p.name() == "java"]
+    java = mms_front_ends()  # one MMS at a time runs in these tests: this endpoint's, on the host or in its image
     assert java, "no MMS front end found"
     for process in java:
         process.send_signal(signal.SIGKILL)
@@ -195,10 +196,13 @@ def test_dead_container_is_service_unavailable_then_restarted(endpoint: ServePro
 def test_sigint_stops_everything_and_the_cache_stays_usable(
     serve: Callable[..., ServeProcess], store: Path, endpoint: ServeProcess
 ) -> None:
+    containers_before = set(serving_containers())
     first = serve(store)
+    started_containers = set(serving_containers()) - containers_before
     assert json.loads(_invoke(first, "topic.tar.gz", {"input_text": "a cheap flight and a hotel"})["Body"].read())
     assert first.stop(signal.SIGINT) == 0
     assert processes_under(first.tmp_dir) == []
+    assert started_containers.isdisjoint(serving_containers()), "the stopped endpoint's container is still there"
     again = serve(store, "--cache-dir", str(first.cache_dir))
     answer = _invoke(again, "topic.tar.gz", {"input_text": "we booked a cheap flight and a hotel by the beach"})
     assert json.loads(answer["Body"].read())["label"] == "travel"

@@ -11,7 +11,7 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 # TensorFlow's start-up banners say nothing a user can act on.
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup demo serve test lint bench clean
+.PHONY: setup demo serve test lint bench image clean
 
 setup: $(STAMP)
 
@@ -56,6 +56,12 @@ lint: setup
 ## bench: latency figures, written to bench/results/.
 bench: setup $(DEMO_ARCHIVES)
 	$(PY) bench/latency.py --models $(DEMO_MODELS)
+
+## image: build container/Dockerfile as $(MME_IMAGE) on a local Docker engine (as root: installs and starts the
+## engine when missing, makes the base with debootstrap once; see scripts/image.sh). Quick when nothing changed.
+MME_IMAGE ?= mme-serving:local
+image:
+	MME_IMAGE=$(MME_IMAGE) bash scripts/image.sh build
 
 clean:
 	rm -rf build cdk.out .pytest_cache .ruff_cache

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
 from typing import Any
 
 from aws_cdk.assertions import Match, Template
-from cdk_synth import Synthesized
+from cdk_synth import REPO_ROOT, Synthesized
 
 #: The only actions allowed on Resource "*": neither supports resource-level permissions (see stacks/endpoint.py).
 DOCUMENTED_STAR_ACTIONS = {"ecr:GetAuthorizationToken", "cloudwatch:PutMetricData"}
@@ -215,3 +218,22 @@ def test_image_build_context_holds_only_container_and_handler(synthesized: Synth
     assert top == {"container", "handler"}
     assert (asset_dirs[0] / "container" / "Dockerfile").is_file()
     assert not list(asset_dirs[0].rglob("__pycache__"))
+
+
+def test_image_asset_builds_the_dockerfile_for_amd64_with_no_secret(synthesized: Synthesized) -> None:
+    # What `cdk deploy` (CodeBuild in the pipeline) builds: this Dockerfile for SageMaker's x86 instances, with no
+    # build secret, SSH agent or network setting that only this machine could supply.
+    stack = synthesized.stage("dev").endpoint
+    manifest = json.loads((Path(stack.node.scope.outdir) / f"{stack.artifact_id}.assets.json").read_text())
+    (image,) = manifest["dockerImages"].values()
+    source = image["source"]
+    assert set(source) == {"directory", "dockerFile", "platform"}, source
+    assert source["dockerFile"] == "container/Dockerfile"
+    assert source["platform"] == "linux/amd64"
+    # The staged Dockerfile is the repository's, and its only secret (the CA bundle pip needs where TLS is inspected)
+    # is optional: BuildKit skips a missing secret mount unless it says required=true.
+    staged = (Path(stack.node.scope.outdir) / source["directory"] / source["dockerFile"]).read_text()
+    assert staged == (REPO_ROOT / "container" / "Dockerfile").read_text()
+    mounts = re.findall(r"--mount=(\S+)", staged)
+    assert mounts == ["type=secret,id=pip-cert"]
+    assert "if [ -f /run/secrets/pip-cert ]" in staged

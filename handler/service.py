@@ -14,7 +14,8 @@ from typing import Any
 from handler.codec import decode_request, encode_error, encode_response, response_type
 from handler.errors import HandlerError, ModelLoadError, ModelOutOfMemoryError
 from handler.manifest import ResponseFormat
-from handler.model import TextClassifier, load_model_dir
+from handler.memory import LOADING_OOM_SCORE_ADJ, SERVING_OOM_SCORE_ADJ, check_room_for, offer_to_oom_killer
+from handler.model import TextClassifier, find_saved_model, load_model_dir
 from handler.settings import ServingSettings, load_error_file
 
 logger = logging.getLogger(__name__)
@@ -32,8 +33,13 @@ def _load(context: Any) -> None:
     logging.getLogger("handler").setLevel(_settings.log_level)
     model_dir = Path(context.system_properties["model_dir"])
     model_name = str(getattr(context, "model_name", model_dir.name))
+    # While it loads, this worker is the OOM killer's first choice: a misjudged load must not take a serving model.
+    offer_to_oom_killer(LOADING_OOM_SCORE_ADJ)
     try:
+        if model_dir.is_dir():
+            check_room_for(find_saved_model(model_dir), reserve_mb=_settings.load_memory_reserve_mb)
         _classifier = load_model_dir(model_dir, _settings)
+        offer_to_oom_killer(SERVING_OOM_SCORE_ADJ)
     except (ModelLoadError, ModelOutOfMemoryError) as error:
         # The container's log is the endpoint's CloudWatch log on AWS; the file is for a front end on this host.
         reason = str(error)

@@ -80,6 +80,9 @@ class ServingSettings:
     log_level: str = "INFO"
     #: ``MME_MAX_TEXTS_PER_REQUEST`` (64): more texts in one request is a 400, to bound a request's latency.
     max_texts_per_request: int = 64
+    #: ``MME_LOAD_MEMORY_RESERVE_MB`` (300): a load is refused with 507 unless this much memory plus twice the
+    #: SavedModel's size is free (a worker's TensorFlow runtime costs ~250 MiB); 0 turns the check off.
+    load_memory_reserve_mb: int = 300
     #: ``MME_DEFAULT_TOKENIZER_DIR`` (unset): tokenizer for archives that ship none (the original ``0/``-only ones);
     #: on AWS the stage setting ``default_tokenizer`` bakes one into the image and sets this, locally
     #: ``mme serve --default-tokenizer`` does.
@@ -121,6 +124,7 @@ class ServingSettings:
             jvm_heap=jvm_heap,
             log_level=log_level,
             max_texts_per_request=_int(env, "MME_MAX_TEXTS_PER_REQUEST", 64, minimum=1),
+            load_memory_reserve_mb=_int(env, "MME_LOAD_MEMORY_RESERVE_MB", 300),
             default_tokenizer_dir=_optional_path(env, "MME_DEFAULT_TOKENIZER_DIR"),
             mms_config_file=_optional_path(env, "MME_MMS_CONFIG_FILE") or Path("/etc/sagemaker-mms.properties"),
             run_dir=run_dir,

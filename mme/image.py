@@ -78,6 +78,8 @@ class ImageContainer(LocalContainer):
         self.mounts = {Path(host).resolve(): target for host, target in (mounts or {}).items()}
         self.name = f"mme-serving-{uuid.uuid4().hex[:12]}"
         self._init_pid: int | None = None
+        #: The container's exit status after :meth:`stop` (``docker run`` returns it).
+        self.exit_code: int | None = None
 
     def model_url(self, model_dir: Path) -> str:
         """Where the container sees a model folder of this host: under /opt/ml/models.
@@ -182,6 +184,7 @@ class ImageContainer(LocalContainer):
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+            self.exit_code = process.returncode
         if self.exists():  # --rm normally removed it; a failed start may leave one behind
             subprocess.run([DOCKER, "rm", "--force", self.name], capture_output=True, timeout=timeout)  # noqa: S603
         self._init_pid = None

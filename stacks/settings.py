@@ -113,6 +113,8 @@ class StageSettings:
     jvm_heap: str = "1g"
     log_level: str = "INFO"
     max_texts_per_request: int = 64
+    #: MiB that must be free, beyond twice a SavedModel's size, before a load; else 507 and SageMaker evicts (0 = off).
+    load_memory_reserve_mb: int = 300
     #: Folder relative to the repository root holding a tokenizer saved with transformers' `save_pretrained`
     #: (e.g. "tokenizers/bert-base-cased"), committed to git so the pipeline's build sees it. It is baked into the
     #: image at /opt/mme/default-tokenizer (the model runs with network isolation, so nothing can be fetched at
@@ -156,6 +158,7 @@ class StageSettings:
             "MME_JVM_HEAP": self.jvm_heap,
             "MME_LOG_LEVEL": self.log_level,
             "MME_MAX_TEXTS_PER_REQUEST": str(self.max_texts_per_request),
+            "MME_LOAD_MEMORY_RESERVE_MB": str(self.load_memory_reserve_mb),
             **({"MME_DEFAULT_TOKENIZER_DIR": IMAGE_DEFAULT_TOKENIZER_DIR} if self.default_tokenizer else {}),
         }
 
@@ -260,6 +263,7 @@ def _validate_stage(s: StageSettings) -> None:
     _check_match(s, "jvm_heap", JVM_HEAP_PATTERN, 'a JVM size such as "512m" or "1g"')
     _check_choice(s, "log_level", LOG_LEVELS)
     _check_int(s, "max_texts_per_request", 1, 10_000)
+    _check_int(s, "load_memory_reserve_mb", 0, 1_000_000)
     _check_match(
         s,
         "default_tokenizer",

@@ -28,6 +28,7 @@ def test_every_container_setting_from_cdk_context_reaches_the_serving_settings()
         "jvm_heap": "768m",
         "log_level": "DEBUG",
         "max_texts_per_request": 16,
+        "load_memory_reserve_mb": 512,
     }
     stage = load_app_settings({"stages": {"dev": custom}}).stages[0]
     serving = ServingSettings.from_env(stage.container_environment())
@@ -40,6 +41,7 @@ def test_every_container_setting_from_cdk_context_reaches_the_serving_settings()
         serving.jvm_heap,
         serving.log_level,
         serving.max_texts_per_request,
+        serving.load_memory_reserve_mb,
     ) == tuple(custom.values())
 
 

@@ -51,6 +51,7 @@ def test_container_environment_carries_every_tunable() -> None:
         "MME_JVM_HEAP": "2g",
         "MME_LOG_LEVEL": "DEBUG",
         "MME_MAX_TEXTS_PER_REQUEST": "64",
+        "MME_LOAD_MEMORY_RESERVE_MB": "300",
     }
 
 

@@ -78,7 +78,13 @@ def folder_bytes(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
 
 
-def check_room_for(saved_model_dir: Path, *, reserve_mb: int) -> None:
+def check_room_for(
+    saved_model_dir: Path,
+    *,
+    reserve_mb: int,
+    cgroup_root: Path = CGROUP_ROOT,
+    meminfo: Path = Path("/proc/meminfo"),
+) -> None:
     """Refuse a load that would not fit: free memory must cover ``reserve_mb`` (a worker's TensorFlow runtime) plus
     twice the SavedModel's files (weights in memory, and the graph built from them). ``reserve_mb`` 0 checks nothing.
 
@@ -87,7 +93,7 @@ def check_room_for(saved_model_dir: Path, *, reserve_mb: int) -> None:
     """
     if reserve_mb <= 0:
         return
-    free = [value for value in (cgroup_free_bytes(), system_available_bytes()) if value is not None]
+    free = [value for value in (cgroup_free_bytes(cgroup_root), system_available_bytes(meminfo)) if value is not None]
     if not free:
         return
     needed = reserve_mb * _MIB + 2 * folder_bytes(saved_model_dir)

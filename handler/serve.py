@@ -10,6 +10,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
 
 from handler.settings import HANDLER_ENTRY_POINT, ServingSettings, SettingsError
 
@@ -54,6 +59,57 @@ def mms_environment(settings: ServingSettings) -> dict[str, str]:
     }
 
 
+#: The entrypoint's exit status when MMS dies under it (2 is a malformed setting).
+MMS_DIED_EXIT_STATUS = 3
+#: MMS's launcher records the Java process's pid here, in its temp folder (``TMPDIR``, the run folder's tmp/).
+MMS_PID_FILE = ".model_server.pid"
+
+
+def watch_mms(
+    pid_file: Path, *, every_seconds: float = 1.0, startup_seconds: float = 90.0, grace_seconds: float = 5.0
+) -> None:
+    """Exit the process when MMS's Java process is gone and the toolkit has not noticed within ``grace_seconds``.
+
+    sagemaker-inference waits on MMS's Java process, but it finds that process by polling once a second: when MMS
+    dies before it is found, the toolkit polls on for its whole start-up timeout, and the container looks alive
+    while serving nothing. MMS's launcher records Java's pid in ``pid_file``; once that process is gone, a normal
+    stop (SIGTERM) ends this process within the grace period, and anything else is a death that is made visible:
+    a log line and exit status :data:`MMS_DIED_EXIT_STATUS`, so the platform (or ``mme serve``) replaces it.
+    """
+    deadline = time.monotonic() + startup_seconds
+    pid = None
+    while pid is None:
+        if time.monotonic() > deadline:
+            _exit_because(f"MMS did not start within {startup_seconds:.0f} s (no {pid_file})")
+        time.sleep(0.1)
+        pid = _recorded_pid(pid_file)
+    while _running(pid):
+        time.sleep(every_seconds)
+    time.sleep(grace_seconds)
+    _exit_because(f"MMS (pid {pid}) exited")
+
+
+def _recorded_pid(pid_file: Path) -> int | None:
+    try:
+        text = pid_file.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _exit_because(reason: str) -> None:
+    logger.error("%s; serve exits with status %d", reason, MMS_DIED_EXIT_STATUS)
+    logging.shutdown()
+    os._exit(MMS_DIED_EXIT_STATUS)
+
+
 def main() -> None:
     """Start MMS and block until it exits. Exits with status 2 on a malformed setting."""
     try:
@@ -75,6 +131,11 @@ def main() -> None:
 
     model_server.MMS_CONFIG_FILE = str(settings.mms_config_file)
     logger.info("starting MMS on %s:%d (run dir %s)", settings.bind_host, settings.port, settings.run_dir)
+    pid_file = settings.run_dir / "tmp" / MMS_PID_FILE
+    stale = _recorded_pid(pid_file)
+    if stale is not None and not _running(stale):
+        pid_file.unlink()  # from an MMS that ran in this folder before; the watch must not read it
+    threading.Thread(target=watch_mms, args=(pid_file,), name="watch MMS", daemon=True).start()
     model_server.start_model_server(handler_service=HANDLER_ENTRY_POINT)
 
 

@@ -221,6 +221,11 @@ class LocalContainer:
         """Whether the entrypoint process is alive (it exits when MMS does)."""
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def exit_status(self) -> int | None:
+        """The server's exit status once it has exited (None while it runs or before it started)."""
+        return None if self._process is None else self._process.poll()
+
     def worker_processes(self) -> list[psutil.Process]:
         """The MMS Python workers of this server: one per loaded model and worker slot."""
         workers = []

@@ -120,7 +120,11 @@ class LocalEndpoint:
         async with self._restart_lock:
             if self.container.running:
                 return
-            logger.error("the model container exited; restarting it (see %s)", self.container.log_file)
+            logger.error(
+                "the model container exited with status %s; restarting it (see %s)",
+                self.container.exit_status,
+                self.container.log_file,
+            )
             self.cache.forget_all()
             await asyncio.to_thread(self.container.stop)
             await asyncio.to_thread(self.container.start)

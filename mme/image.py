@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 import psutil
 
 from handler.settings import LOAD_ERRORS_FOLDER
-from mme.container import ContainerError, LocalContainer
+from mme.container import ContainerError, LocalContainer, free_port
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ class ImageContainer(LocalContainer):
         startup_timeout: float = 180.0,
     ) -> None:
         super().__init__(run_dir, port=port, environment=environment, startup_timeout=startup_timeout)
+        self._fixed_port = port is not None
         self.image = image
         self.models_root = models_root.resolve()
         self.memory = memory
@@ -135,6 +136,11 @@ class ImageContainer(LocalContainer):
         if not image_exists(self.image):
             raise ContainerError(f"the engine has no image {self.image!r}: build it with `make image`")
         self._init_pid = None
+        if not self._fixed_port:
+            # A container started right after another on the same host port was seen to exit (DESIGN.md): every
+            # start, a restart included, gets a port of its own.
+            self.port = free_port()
+            self.base_url = f"http://127.0.0.1:{self.port}"
         super().start()
         return self
 

@@ -128,7 +128,7 @@ def test_image_declares_the_multi_model_capabilities_and_entrypoint() -> None:
     labels = " ".join(args for keyword, args in instructions if keyword == "LABEL")
     assert "com.amazonaws.sagemaker.capabilities.multi-models=true" in labels
     assert "com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true" in labels
-    assert ("ENTRYPOINT", '["serve"]') in instructions
+    assert ("ENTRYPOINT", '["/usr/bin/tini", "--", "serve"]') in instructions
     assert "HF_HUB_OFFLINE=1" in " ".join(args for keyword, args in instructions if keyword == "ENV")
 
 

@@ -8,8 +8,10 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
+from handler.serve import MMS_DIED_EXIT_STATUS
 from mme.archive import extract_archive
 from mme.image import DOCKER, STOP_GRACE_SECONDS, ImageContainer
 
@@ -118,3 +120,20 @@ def test_a_load_the_kernel_kills_takes_only_the_loading_worker(run_image: Callab
     _all_serve(container, loaded)
     assert container.running
     assert not any("Worker disconnected. WORKER_MODEL_LOADED" in line for line in container.log_lines())
+
+
+def test_a_dead_mms_ends_the_container_with_a_log_line_and_its_own_exit_status(
+    run_image: Callable[..., ImageContainer],
+) -> None:
+    container = run_image()
+    init = container.init_pid()
+    assert init is not None
+    java = [p for p in psutil.Process(init).children(recursive=True) if p.name() == "java"]
+    assert len(java) == 1, "one MMS front end per container"
+    java[0].kill()
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    while container.running:
+        assert time.monotonic() < deadline, "the container outlived its MMS: it looks alive but serves nothing"
+        time.sleep(0.5)
+    assert container.exit_status == MMS_DIED_EXIT_STATUS
+    assert any(f"serve exits with status {MMS_DIED_EXIT_STATUS}" in line for line in container.log_lines())

@@ -238,11 +238,13 @@ def _bind_inputs(description: SignatureDescription, manifest: Manifest) -> tuple
 def _sequence_length(
     description: SignatureDescription, bindings: tuple[InputBinding, ...], manifest: Manifest, tokenizer_limit: int
 ) -> tuple[int, bool]:
-    statics = {description.input(b.signature_input).shape[1] for b in bindings} - {None}  # type: ignore[index]
+    # Bound inputs are [batch, sequence] (checked when binding): the second dimension is the sequence length.
+    shapes = [description.input(binding.signature_input).shape or (None, None) for binding in bindings]
+    statics = sorted({shape[1] for shape in shapes if shape[1] is not None})
     if len(statics) > 1:
-        raise ModelLoadError(f"the {SIGNATURE!r} inputs fix different sequence lengths {sorted(statics)}")  # type: ignore[type-var]
+        raise ModelLoadError(f"the {SIGNATURE!r} inputs fix different sequence lengths {statics}")
     if statics:
-        length = int(next(iter(statics)))  # type: ignore[arg-type]
+        length = statics[0]
         if manifest.max_sequence_length is not None and manifest.max_sequence_length != length:
             raise ModelLoadError(
                 f"{MANIFEST_FILE} sets max_sequence_length {manifest.max_sequence_length}, but the {SIGNATURE!r} "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import subprocess
 import uuid
 from collections.abc import Mapping
@@ -122,7 +123,8 @@ class ImageContainer(LocalContainer):
         return [*command, self.image, "serve"]
 
     def _process_environment(self) -> dict[str, str]:
-        return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(self.run_dir)}
+        # The client's own environment (DOCKER_HOST, DOCKER_CONFIG, ...); the container's is in the command.
+        return dict(os.environ)
 
     def start(self) -> ImageContainer:
         """Run the image and wait until ``GET /ping`` answers 200.

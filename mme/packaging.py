@@ -131,23 +131,32 @@ def _read(model_dir: Path, settings: ServingSettings, *, require_prediction: boo
 
 @contextmanager
 def _model_folder(source: Path) -> Iterator[Path]:
-    """``source`` as an extracted model folder (a temporary copy for an archive or a bare SavedModel)."""
+    """``source`` as an extracted model folder: the folder itself, or a temporary one for an archive or a bare
+    SavedModel (linked as ``0/``).
+
+    Raises:
+        ArchiveError: the source does not exist, is not an archive, or holds no SavedModel.
+    """
     if not source.exists():
         raise ArchiveError(f"{source} does not exist")
     if source.is_file():
         if not source.name.endswith(ARCHIVE_SUFFIX):
             raise ArchiveError(f"{source} is a file but not a <model>{ARCHIVE_SUFFIX} archive")
-        with tempfile.TemporaryDirectory(prefix="mme-inspect-") as work:
+        with tempfile.TemporaryDirectory(prefix="mme-model-") as work:
             yield extract_archive(source, Path(work) / "model")
-        return
-    if (source / "saved_model.pb").is_file():
-        with tempfile.TemporaryDirectory(prefix="mme-inspect-") as work:
+    elif (source / "saved_model.pb").is_file():
+        with tempfile.TemporaryDirectory(prefix="mme-model-") as work:
             staged = Path(work) / "model"
             staged.mkdir()
             (staged / VERSION_FOLDER).symlink_to(source.resolve(), target_is_directory=True)
             yield staged
-        return
-    yield source
+    elif any((child / "saved_model.pb").is_file() for child in source.iterdir() if child.name.isdigit()):
+        yield source
+    else:
+        raise ArchiveError(
+            f"{source} holds no SavedModel: give the folder model.save or tf.saved_model.save wrote (the one "
+            "with saved_model.pb), or a model folder with a version folder such as 0/"
+        )
 
 
 def inspect_model(source: Path, *, default_tokenizer: Path | None = None) -> ModelReport:
@@ -159,25 +168,6 @@ def inspect_model(source: Path, *, default_tokenizer: Path | None = None) -> Mod
     settings = _settings(default_tokenizer)
     with _model_folder(source) as model_dir:
         return _read(model_dir, settings, require_prediction=False, source=source)
-
-
-def _stage_source(source: Path, staging: Path) -> None:
-    """Copy the model of ``source`` into the empty folder ``staging`` in the archive layout."""
-    if source.is_file():
-        if not source.name.endswith(ARCHIVE_SUFFIX):
-            raise ArchiveError(f"{source} is a file but not a <model>{ARCHIVE_SUFFIX} archive")
-        extract_archive(source, staging)
-    elif (source / "saved_model.pb").is_file():
-        shutil.copytree(source, staging / VERSION_FOLDER)
-    elif source.is_dir():
-        if not any((child / "saved_model.pb").is_file() for child in source.iterdir() if child.name.isdigit()):
-            raise ArchiveError(
-                f"{source} holds no SavedModel: give the folder model.save or tf.saved_model.save wrote (the one "
-                "with saved_model.pb), or a model folder with a version folder such as 0/"
-            )
-        shutil.copytree(source, staging, dirs_exist_ok=True)
-    else:
-        raise ArchiveError(f"{source} does not exist")
 
 
 def _replace_tokenizer(staging: Path, tokenizer: Path) -> None:
@@ -231,8 +221,8 @@ def package_model(
 
     with tempfile.TemporaryDirectory(prefix="mme-package-") as staging_name:
         staging = Path(staging_name) / "model"
-        staging.mkdir()
-        _stage_source(source, staging)
+        with _model_folder(source) as model_dir:
+            shutil.copytree(model_dir, staging)  # a linked SavedModel is copied, not linked
         if tokenizer is not None:
             _replace_tokenizer(staging, tokenizer)
         shipped = archive_tokenizer(staging)

@@ -274,4 +274,4 @@ def test_inspect_refuses_what_is_not_a_model(tmp_path: Path) -> None:
     _refused(runner.invoke(app, ["inspect", str(tmp_path / "nothing")]), "does not exist")
     (tmp_path / "notes.txt").write_text("hello")
     _refused(runner.invoke(app, ["inspect", str(tmp_path / "notes.txt")]), "is a file but not a <model>.tar.gz archive")
-    _refused(runner.invoke(app, ["inspect", str(tmp_path)]), "no TensorFlow SavedModel")
+    _refused(runner.invoke(app, ["inspect", str(tmp_path)]), "holds no SavedModel")

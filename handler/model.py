@@ -97,7 +97,7 @@ def find_tokenizer(model_dir: Path, default_dir: Path | None) -> Path:
     if shipped is not None:
         return shipped
     if default_dir is not None:
-        if _usable_default(default_dir) is not None:
+        if _holds_tokenizer(default_dir):
             return default_dir
         raise ModelLoadError(f"the default tokenizer folder {default_dir} (MME_DEFAULT_TOKENIZER_DIR) has no tokenizer")
     raise ModelLoadError(
@@ -121,12 +121,13 @@ def configure_tensorflow(settings: ServingSettings) -> None:
         logger.debug("TensorFlow threads already configured")
 
 
+def _holds_tokenizer(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in _TOKENIZER_FILES)
+
+
 def archive_tokenizer(model_dir: Path) -> Path | None:
     """The tokenizer the archive ships (at its root or in ``tokenizer/``), or None."""
-    for candidate in (model_dir, model_dir / "tokenizer"):
-        if any((candidate / name).is_file() for name in _TOKENIZER_FILES):
-            return candidate
-    return None
+    return next((folder for folder in (model_dir, model_dir / "tokenizer") if _holds_tokenizer(folder)), None)
 
 
 def _sigmoid(value: float) -> float:
@@ -172,11 +173,12 @@ def _labels(manifest: Manifest, plan: ServingPlan) -> tuple[str, ...]:
             )
         return tuple(f"LABEL_{i}" for i in range(classes))
     if classes is not None and len(manifest.labels) != classes:
-        what = "one probability or logit (a binary classifier: 2 labels)" if plan.output_width == 1 else "logits"
-        raise ModelLoadError(
-            f"{MANIFEST_FILE} lists {len(manifest.labels)} labels but the model outputs "
-            + (what if plan.output_width == 1 else f"{classes} {what}")
+        outputs = (
+            "one probability or logit (a binary classifier: 2 labels)"
+            if plan.output_width == 1
+            else f"{classes} logits"
         )
+        raise ModelLoadError(f"{MANIFEST_FILE} lists {len(manifest.labels)} labels but the model outputs {outputs}")
     return manifest.labels
 
 
@@ -313,9 +315,7 @@ def read_model_dir(model_dir: Path, settings: ServingSettings, *, require_tokeni
 
 
 def _usable_default(default_dir: Path | None) -> Path | None:
-    if default_dir is not None and any((default_dir / name).is_file() for name in _TOKENIZER_FILES):
-        return default_dir
-    return None
+    return default_dir if default_dir is not None and _holds_tokenizer(default_dir) else None
 
 
 def classifier_of(reading: ModelReading) -> TensorFlowTextClassifier:

@@ -33,6 +33,10 @@ def load_error_file(run_dir: Path, model_name: str) -> Path:
     return run_dir / LOAD_ERRORS_FOLDER / f"{safe}.txt"
 
 
+#: Names the container-wide tokenizer for archives that ship none.
+DEFAULT_TOKENIZER_VARIABLE = "MME_DEFAULT_TOKENIZER_DIR"
+
+
 class SettingsError(ValueError):
     """An environment variable holds a value the container cannot use; the message names it."""
 
@@ -125,7 +129,7 @@ class ServingSettings:
             log_level=log_level,
             max_texts_per_request=_int(env, "MME_MAX_TEXTS_PER_REQUEST", 64, minimum=1),
             load_memory_reserve_mb=_int(env, "MME_LOAD_MEMORY_RESERVE_MB", 300),
-            default_tokenizer_dir=_optional_path(env, "MME_DEFAULT_TOKENIZER_DIR"),
+            default_tokenizer_dir=_optional_path(env, DEFAULT_TOKENIZER_VARIABLE),
             mms_config_file=_optional_path(env, "MME_MMS_CONFIG_FILE") or Path("/etc/sagemaker-mms.properties"),
             run_dir=run_dir,
         )

@@ -16,6 +16,7 @@ import typer
 
 from handler.errors import HandlerError
 from handler.manifest import Manifest, OutputKind, ResponseFormat
+from handler.settings import DEFAULT_TOKENIZER_VARIABLE
 from mme.archive import ARCHIVE_SUFFIX, ArchiveError
 
 if TYPE_CHECKING:
@@ -371,9 +372,7 @@ def serve(
         raise _fail("--memory limits the image's container: give --image too")
     if default_tokenizer is not None:
         # In the image, the folder is mounted where the image keeps its own default tokenizer.
-        environment["MME_DEFAULT_TOKENIZER_DIR"] = (
-            IMAGE_DEFAULT_TOKENIZER if image else str(default_tokenizer.resolve())
-        )
+        environment[DEFAULT_TOKENIZER_VARIABLE] = IMAGE_DEFAULT_TOKENIZER if image else str(default_tokenizer.resolve())
     try:
         model_store = open_store(store)
     except StoreError as error:

@@ -213,6 +213,8 @@ class LocalContainer:
         self._environment = dict(environment or {})
         self._startup_timeout = startup_timeout
         self._process: subprocess.Popen[bytes] | None = None
+        # The last process stopped, for its exit status.
+        self._stopped: subprocess.Popen[bytes] | None = None
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.client = ContainerClient(self.base_url, model_url=self.model_url)
 
@@ -223,8 +225,9 @@ class LocalContainer:
 
     @property
     def exit_status(self) -> int | None:
-        """The server's exit status once it has exited (None while it runs or before it started)."""
-        return None if self._process is None else self._process.poll()
+        """The server's exit status once it has exited, also after :meth:`stop` (None while it runs)."""
+        process = self._process or self._stopped
+        return None if process is None else process.poll()
 
     def worker_processes(self) -> list[psutil.Process]:
         """The MMS Python workers of this server: one per loaded model and worker slot."""
@@ -292,6 +295,7 @@ class LocalContainer:
         """Stop the server (SIGTERM, then SIGKILL) and make sure no MMS front end or worker is left."""
         self.client.close()
         process, self._process = self._process, None
+        self._stopped = process or self._stopped
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:

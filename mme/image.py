@@ -80,8 +80,6 @@ class ImageContainer(LocalContainer):
         self.mounts = {Path(host).resolve(): target for host, target in (mounts or {}).items()}
         self.name = f"mme-serving-{uuid.uuid4().hex[:12]}"
         self._init_pid: int | None = None
-        #: The container's exit status after :meth:`stop` (``docker run`` returns it).
-        self.exit_code: int | None = None
 
     def model_url(self, model_dir: Path) -> str:
         """Where the container sees a model folder of this host: under /opt/ml/models.
@@ -183,6 +181,7 @@ class ImageContainer(LocalContainer):
         """``docker stop`` (SIGTERM, SIGKILL after 30 s, as SageMaker does); the container is removed (``--rm``)."""
         self.client.close()
         process, self._process = self._process, None
+        self._stopped = process or self._stopped  # docker run exits with the container's status
         if self.exists():
             subprocess.run([DOCKER, "stop", "--time", str(STOP_GRACE_SECONDS), self.name],  # noqa: S603
                            capture_output=True, timeout=timeout)  # fmt: skip
@@ -192,7 +191,6 @@ class ImageContainer(LocalContainer):
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-            self.exit_code = process.returncode
         if self.exists():  # --rm normally removed it; a failed start may leave one behind
             subprocess.run([DOCKER, "rm", "--force", self.name], capture_output=True, timeout=timeout)  # noqa: S603
         self._init_pid = None

@@ -22,7 +22,7 @@ from handler.codec import Prediction
 from handler.errors import HandlerError, ModelOutOfMemoryError
 from handler.manifest import MANIFEST_FILE, Manifest, ResponseFormat
 from handler.model import ModelReading, archive_tokenizer, classifier_of, read_model_dir
-from handler.settings import ServingSettings
+from handler.settings import DEFAULT_TOKENIZER_VARIABLE, ServingSettings
 from handler.signature import SIGNATURE
 from mme.archive import ARCHIVE_SUFFIX, ArchiveError, extract_archive, write_archive
 
@@ -30,7 +30,6 @@ logger = logging.getLogger(__name__)
 
 VERSION_FOLDER = "0"
 VALIDATION_TEXT = "a short sentence to check that the model answers"
-DEFAULT_TOKENIZER_VARIABLE = "MME_DEFAULT_TOKENIZER_DIR"
 
 
 @dataclass(frozen=True)
@@ -85,15 +84,14 @@ class ModelReport:
 
 
 def _settings(default_tokenizer: Path | None) -> ServingSettings:
-    if default_tokenizer is None:
-        configured = os.environ.get(DEFAULT_TOKENIZER_VARIABLE, "").strip()
-        default_tokenizer = Path(configured) if configured else None
-    return ServingSettings(default_tokenizer_dir=default_tokenizer)
+    """Default settings with the default tokenizer given, else the one the environment names (as the container)."""
+    configured = os.environ.get(DEFAULT_TOKENIZER_VARIABLE, "").strip()
+    return ServingSettings(default_tokenizer_dir=default_tokenizer or (Path(configured) if configured else None))
 
 
 def _tokenizer_origin(model_dir: Path, reading: ModelReading) -> str:
-    shipped = archive_tokenizer(model_dir)
-    if shipped is not None:
+    if reading.tokenizer_dir is not None and reading.tokenizer_dir.is_relative_to(model_dir):
+        shipped = reading.tokenizer_dir
         where = "archive root" if shipped == model_dir else f"{shipped.relative_to(model_dir)}/"
         return f"shipped in the archive ({where})"
     if reading.tokenizer_dir is not None:

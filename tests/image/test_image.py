@@ -69,7 +69,7 @@ def test_sigterm_stops_the_container_cleanly_within_sagemakers_30_seconds(
     started = time.monotonic()
     container.stop()
     assert time.monotonic() - started < STOP_GRACE_SECONDS
-    assert container.exit_code == 0
+    assert container.exit_status == 0
     assert not container.exists()
 
 

@@ -2,11 +2,14 @@
 """CDK app entry point: read context and environment once, validate, compose the stacks.
 
 With `repository` + `connection_arn` in the context it synthesizes the self-mutating pipeline (`MmePipeline`),
-which deploys every stage; without them it synthesizes each stage's stacks directly for `cdk deploy`.
+which deploys every stage; without them (or with `-c direct=true`) it synthesizes each stage's stacks directly for
+`cdk deploy`, named after their owner (`-c owner=...`, default the OS user) so they never collide with another
+developer's stacks or with the pipeline's.
 """
 
 from __future__ import annotations
 
+import getpass
 import os
 from collections.abc import Mapping
 
@@ -48,10 +51,19 @@ def default_environment(environ: Mapping[str, str]) -> Environment:
     )
 
 
+def os_user_name() -> str:
+    """Who runs `cdk` (the login name from the environment, else the password database): the default owner of
+    directly deployed stages; "" when neither says."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a uid with no passwd entry, as in some containers
+        return ""
+
+
 def main() -> None:
     """Entry point for `cdk synth`/`cdk deploy` (cdk.json: `.venv/bin/python app.py`)."""
     app = App()
-    settings = load_app_settings(app.node.get_all_context())
+    settings = load_app_settings(app.node.get_all_context(), user_name=os_user_name())
     compose(app, settings, default_env=default_environment(os.environ))
     app.synth()
 

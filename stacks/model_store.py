@@ -10,6 +10,7 @@ from aws_cdk import (
     CfnOutput,
     CfnResource,
     Duration,
+    Fn,
     RemovalPolicy,
     Stack,
     Validations,
@@ -19,11 +20,23 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
+from mme.aws.names import BUCKET_PARAMETER, KEY_ARN_PARAMETER, MODEL_PREFIX_PARAMETER
 from stacks.settings import StageSettings
 
 #: Logical IDs of the stateful resources. They are pinned (tests/stacks/test_model_store_stack.py) because a new logical
 #: ID makes CloudFormation create a new bucket/key and orphan the retained old ones with every model in them.
 MODEL_BUCKET_LOGICAL_ID = "ModelBucket"
+#: What is kept when the stack is deleted: everything. "Except on create" so that a create which fails and rolls
+#: back (for example because a destroyed store's retained SSM parameters still exist) leaves no orphan behind.
+STATEFUL_REMOVAL = RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE
+#: What the store stack exports for the endpoint stack (`export_name`).
+BUCKET_NAME_EXPORT = "ModelBucketName"
+KEY_ARN_EXPORT = "ModelStoreKeyArn"
+
+
+def export_name(store_stack_name: str, value: str) -> str:
+    """Name of the store stack's export of `value` (`BUCKET_NAME_EXPORT` | `KEY_ARN_EXPORT`); unique per region."""
+    return f"{store_stack_name}:{value}"
 MODEL_KEY_LOGICAL_ID = "ModelStoreKey"
 ACCESS_LOG_BUCKET_LOGICAL_ID = "AccessLogBucket"
 
@@ -31,8 +44,7 @@ ACCESS_LOG_BUCKET_LOGICAL_ID = "AccessLogBucket"
 class ModelStoreRef:
     """What a consumer of the model store needs: bucket, key and the two prefixes.
 
-    Built from the live `ModelStore` or, in another stack, from the store's SSM parameters (`from_parameters`), so
-    the endpoint stack holds no CloudFormation export of the stateful stack and either can change independently.
+    Built from the live `ModelStore`, or in the endpoint stack from the store stack's exports (`from_exports`).
     """
 
     def __init__(self, *, bucket: s3.IBucket, key: kms.IKey, model_prefix: str, capture_prefix: str) -> None:
@@ -42,12 +54,19 @@ class ModelStoreRef:
         self.capture_prefix = capture_prefix
 
     @classmethod
-    def from_parameters(
-        cls, scope: Construct, *, ssm_prefix: str, model_prefix: str, capture_prefix: str
+    def from_exports(
+        cls, scope: Construct, *, store_stack_name: str, model_prefix: str, capture_prefix: str
     ) -> ModelStoreRef:
-        """Import the store of a stage through `<ssm_prefix>/bucket` and `<ssm_prefix>/key-arn` (resolved at deploy)."""
-        bucket_name = ssm.StringParameter.value_for_string_parameter(scope, f"{ssm_prefix}/bucket")
-        key_arn = ssm.StringParameter.value_for_string_parameter(scope, f"{ssm_prefix}/key-arn")
+        """Import the store through the exports of the stack `store_stack_name` (`Fn::ImportValue`).
+
+        CloudFormation refuses to delete a stack whose export another stack imports ("Exporting stack outputs",
+        CloudFormation user guide), so the store cannot be destroyed while the endpoint reads from it. The exported
+        bucket name and key ARN never change (pinned logical IDs, retained resources), so the export never blocks an
+        update. Explicit export names, rather than CDK's automatic references, also keep acknowledgements of
+        statements on these ARNs exact at synth.
+        """
+        bucket_name = Fn.import_value(export_name(store_stack_name, BUCKET_NAME_EXPORT))
+        key_arn = Fn.import_value(export_name(store_stack_name, KEY_ARN_EXPORT))
         return cls(
             bucket=s3.Bucket.from_bucket_name(scope, "ModelBucket", bucket_name),
             key=kms.Key.from_key_arn(scope, "ModelStoreKey", key_arn),
@@ -77,7 +96,8 @@ class ModelStore(Construct):
         capture_prefix: key prefix for endpoint data capture; objects under it expire after `capture_retention_days`.
         capture_retention_days: lifetime of captured request/response files.
 
-    Everything is RETAIN: `cdk destroy` of this stack leaves bucket, key and logs in place.
+    Everything is retained (`STATEFUL_REMOVAL`): deleting the stack leaves key, buckets and their bucket policies in
+    place, so a retained bucket keeps refusing plain HTTP and keeps accepting access logs.
     """
 
     def __init__(
@@ -98,7 +118,7 @@ class ModelStore(Construct):
             "Key",
             description="Encrypts model archives, captured data and the endpoint's volumes",
             enable_key_rotation=True,
-            removal_policy=RemovalPolicy.RETAIN,
+            removal_policy=STATEFUL_REMOVAL,
         )
         _pin(self.key, MODEL_KEY_LOGICAL_ID)
 
@@ -111,7 +131,7 @@ class ModelStore(Construct):
             enforce_ssl=True,
             versioned=True,
             object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
-            removal_policy=RemovalPolicy.RETAIN,
+            removal_policy=STATEFUL_REMOVAL,
             lifecycle_rules=[
                 s3.LifecycleRule(
                     id="ExpireOldAccessLogs",
@@ -135,7 +155,7 @@ class ModelStore(Construct):
             object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
             server_access_logs_bucket=self.access_log_bucket,
             server_access_logs_prefix="model-bucket/",
-            removal_policy=RemovalPolicy.RETAIN,
+            removal_policy=STATEFUL_REMOVAL,
             lifecycle_rules=[
                 s3.LifecycleRule(
                     id="ExpireCapturedData",
@@ -147,6 +167,10 @@ class ModelStore(Construct):
             ],
         )
         _pin(self.bucket, MODEL_BUCKET_LOGICAL_ID)
+        for bucket in (self.bucket, self.access_log_bucket):
+            # A bucket policy is its own resource, deleted with the stack by default even when the bucket stays.
+            assert bucket.policy is not None  # enforce_ssl and log delivery both create one
+            bucket.policy.apply_removal_policy(STATEFUL_REMOVAL)
         self.ref = ModelStoreRef(
             bucket=self.bucket, key=self.key, model_prefix=model_prefix, capture_prefix=capture_prefix
         )
@@ -168,18 +192,23 @@ def _pin(resource: Construct, logical_id: str) -> None:
 
 
 class ModelStoreStack(Stack):
-    """Deployment unit for the model store. Stateful: termination protection follows the stage settings.
+    """Deployment unit for the model store. Stateful: always termination-protected, everything retained.
+
+    Destroying it never saves money (the endpoint stack is what costs) and would orphan the retained bucket, so it is
+    protected in every stage; CloudFormation also refuses to delete it while the endpoint stack imports its exports.
 
     Exposes `store`, CloudFormation outputs and SSM parameters (`<ssm_prefix>/bucket`, `<ssm_prefix>/key-arn`,
-    `<ssm_prefix>/model-prefix`): the endpoint stack imports the store through them, and the `mme` CLI finds the
-    bucket through them even while the endpoint stack is destroyed.
+    `<ssm_prefix>/model-prefix`), through which the `mme` CLI finds the bucket even while the endpoint stack is
+    destroyed. The parameters are retained too: after the stack is deleted they still point at the retained bucket,
+    and a new store stack for the stage fails to create (the parameter exists) instead of silently pointing them at
+    a new empty bucket; README, "What each change does", says how to adopt the retained store.
     """
 
     def __init__(self, scope: Construct, construct_id: str, *, settings: StageSettings, **kwargs: object) -> None:
         super().__init__(
             scope,
             construct_id,
-            termination_protection=settings.termination_protection,
+            termination_protection=True,
             description="Model archives for the multi-model endpoint (stateful, retained)",
             **kwargs,  # type: ignore[arg-type]
         )
@@ -190,28 +219,37 @@ class ModelStoreStack(Stack):
             capture_prefix=settings.capture_prefix,
             capture_retention_days=settings.capture_retention_days,
         )
-        CfnOutput(self, "ModelBucketName", value=self.store.bucket.bucket_name)
+        CfnOutput(
+            self,
+            "ModelBucketName",
+            value=self.store.bucket.bucket_name,
+            export_name=export_name(self.stack_name, BUCKET_NAME_EXPORT),
+        )
+        CfnOutput(
+            self,
+            "ModelStoreKeyArn",
+            value=self.store.key.key_arn,
+            export_name=export_name(self.stack_name, KEY_ARN_EXPORT),
+        )
         CfnOutput(self, "ModelPrefix", value=settings.model_prefix)
         CfnOutput(self, "ModelDataUrl", value=self.store.ref.model_data_url)
         # Parameter names are a contract with the `mme` CLI, hence fixed (per stage) rather than generated.
-        ssm.StringParameter(
-            self,
-            "BucketParameter",
-            parameter_name=f"{settings.ssm_prefix}/bucket",
-            string_value=self.store.bucket.bucket_name,
-            description="Model store bucket of this stage",
+        parameters = (
+            ("BucketParameter", BUCKET_PARAMETER, self.store.bucket.bucket_name, "Model store bucket of this stage"),
+            ("KeyArnParameter", KEY_ARN_PARAMETER, self.store.key.key_arn, "KMS key of the model store bucket"),
+            (
+                "ModelPrefixParameter",
+                MODEL_PREFIX_PARAMETER,
+                settings.model_prefix,
+                "Key prefix of the model archives (TargetModel is relative to it)",
+            ),
         )
-        ssm.StringParameter(
-            self,
-            "KeyArnParameter",
-            parameter_name=f"{settings.ssm_prefix}/key-arn",
-            string_value=self.store.key.key_arn,
-            description="KMS key of the model store bucket",
-        )
-        ssm.StringParameter(
-            self,
-            "ModelPrefixParameter",
-            parameter_name=f"{settings.ssm_prefix}/model-prefix",
-            string_value=settings.model_prefix,
-            description="Key prefix of the model archives (TargetModel is relative to it)",
-        )
+        for construct_id, name, value, description in parameters:
+            parameter = ssm.StringParameter(
+                self,
+                construct_id,
+                parameter_name=f"{settings.ssm_prefix}/{name}",
+                string_value=value,
+                description=description,
+            )
+            parameter.apply_removal_policy(STATEFUL_REMOVAL)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from aws_cdk import Duration
+from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_iam as iam
@@ -13,14 +11,12 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
 
+from stacks.multi_model_endpoint import ENDPOINT_METRICS_NAMESPACE, MultiModelEndpoint
 from stacks.settings import StageSettings
-
-if TYPE_CHECKING:
-    from stacks.endpoint import MultiModelEndpoint
 
 PERIOD = Duration.minutes(5)
 MICROSECONDS_PER_SECOND = 1_000_000
-ENDPOINT_METRICS_NAMESPACE = "/aws/sagemaker/Endpoints"
+MICROSECONDS_PER_MILLISECOND = 1_000
 
 
 class EndpointMonitoring(Construct):
@@ -30,9 +26,11 @@ class EndpointMonitoring(Construct):
         endpoint: the `MultiModelEndpoint` to watch.
         settings: alarm thresholds and `alarm_email` ("" = alarms without notification target).
 
-    Alarms (all over 5 minutes): Invocation5XXErrors sum, ModelLoadingWaitTime p99, ModelUnloadingTime sample count
-    (evictions), ModelCacheHit average, MemoryUtilization average, OverheadLatency p99. Exposes `alarms` by metric
-    name and `topic` (None without `alarm_email`).
+    Alarms (all over 5 minutes) on what signals trouble for a multi-model endpoint: Invocation5XXErrors sum,
+    ModelLoadingWaitTime p99 (requests waiting for a model), ModelUnloadingTime sample count (evictions),
+    ModelCacheHit average, ModelLatency p99 and OverheadLatency p99. Never on memory: an MME keeps models cached
+    until memory runs out, so high memory use is its steady state (SageMaker's multi-model caching guide); the
+    dashboard still graphs it. Exposes `alarms` by metric name and `topic` (None without `alarm_email`).
     """
 
     def __init__(
@@ -45,7 +43,7 @@ class EndpointMonitoring(Construct):
             "ModelLoadingWaitTime": m("ModelLoadingWaitTime", statistic="p99"),
             "ModelUnloadingTime": m("ModelUnloadingTime", statistic="SampleCount"),
             "ModelCacheHit": m("ModelCacheHit", statistic="Average"),
-            "MemoryUtilization": m("MemoryUtilization", namespace=ENDPOINT_METRICS_NAMESPACE),
+            "ModelLatency": m("ModelLatency", statistic="p99"),
             "OverheadLatency": m("OverheadLatency", statistic="p99"),
         }
         metrics = {name: metric.with_(period=PERIOD) for name, metric in self.metrics.items()}
@@ -67,10 +65,15 @@ class EndpointMonitoring(Construct):
                 cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
                 "Too few requests find their model already loaded",
             ),
-            ("MemoryUtilization", settings.alarm_memory_utilization_percent, gt, "Instances are close to OOM"),
+            (
+                "ModelLatency",
+                settings.alarm_model_latency_ms * MICROSECONDS_PER_MILLISECOND,
+                gt,
+                "Predictions are slow inside the container (p99, microseconds)",
+            ),
             (
                 "OverheadLatency",
-                settings.alarm_overhead_latency_ms * 1000,
+                settings.alarm_overhead_latency_ms * MICROSECONDS_PER_MILLISECOND,
                 gt,
                 "SageMaker overhead latency is high (p99, microseconds)",
             ),
@@ -117,11 +120,28 @@ class EndpointMonitoring(Construct):
                 left=[endpoint.variant_metric("Invocations", statistic="Sum").with_(period=PERIOD)],
                 width=8,
             ),
+            cloudwatch.GraphWidget(
+                title="MemoryUtilization (high is normal: models stay cached)",
+                left=[
+                    endpoint.variant_metric("MemoryUtilization", namespace=ENDPOINT_METRICS_NAMESPACE).with_(
+                        period=PERIOD
+                    )
+                ],
+                width=8,
+            ),
         )
 
     def _topic(self, email: str) -> sns.Topic:
         # CloudWatch can publish to an encrypted topic only with a customer-managed key that trusts it.
-        key = kms.Key(self, "TopicKey", enable_key_rotation=True, description="Encrypts the endpoint alarm topic")
+        key = kms.Key(
+            self,
+            "TopicKey",
+            enable_key_rotation=True,
+            description="Encrypts the endpoint alarm topic",
+            # Nothing in the stateless stack outlives it; a retained key would bill every destroy/redeploy cycle.
+            removal_policy=RemovalPolicy.DESTROY,
+            pending_window=Duration.days(7),
+        )
         key.add_to_resource_policy(
             iam.PolicyStatement(
                 actions=["kms:Decrypt", "kms:GenerateDataKey*"],

@@ -8,6 +8,8 @@ Context layout (every stage key is optional; defaults are the dataclass field de
     "repository": "owner/repo",          # CodeStar connection repository; "" = no pipeline (direct deploy)
     "branch": "main",
     "connection_arn": "arn:aws:codeconnections:<region>:<account>:connection/<id>",
+    "direct": false,                     # true (usually `-c direct=true`): deploy the stages directly anyway
+    "owner": "alice",                    # direct deploys only; default: the OS user name
     "stages": {                          # deployment order for the pipeline
         "dev": {"instance_type": "ml.m5.large"},
         "prod": {"min_instance_count": 2, "max_instance_count": 4, "default_tokenizer": "tokenizers/bert-base-cased"}
@@ -26,8 +28,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mme.aws.names import NAME_PATTERN, StageNames, owner_from_user_name
+
 INSTANCE_TYPE_PATTERN = re.compile(r"^ml\.[a-z][a-z0-9-]*\.(medium|large|xlarge|[1-9][0-9]*xlarge)$")
-STAGE_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
 CONNECTION_ARN_PATTERN = re.compile(
     r"^arn:aws[a-z-]*:(codestar-connections|codeconnections):[a-z0-9-]+:\d{12}:connection/[A-Za-z0-9-]+$"
 )
@@ -38,6 +41,31 @@ JVM_HEAP_PATTERN = re.compile(r"^[1-9][0-9]*[kKmMgG]$")
 PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*/$")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MODEL_CACHE_SETTINGS = ("Enabled", "Disabled")
+#: The retention periods CloudWatch Logs accepts (PutRetentionPolicy).
+LOG_RETENTION_DAYS = (
+    1,
+    3,
+    5,
+    7,
+    14,
+    30,
+    60,
+    90,
+    120,
+    150,
+    180,
+    365,
+    400,
+    545,
+    731,
+    1096,
+    1827,
+    2192,
+    2557,
+    2922,
+    3288,
+    3653,
+)
 SSM_PREFIX_PATTERN = re.compile(r"^(/[A-Za-z0-9_.-]+)+$")
 TARGET_MODEL_PATTERN = re.compile(r"^([A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*)?$")
 EMAIL_PATTERN = re.compile(r"^([^@\s]+@[^@\s]+\.[^@\s]+)?$")
@@ -53,6 +81,19 @@ IMAGE_DEFAULT_TOKENIZER_DIR = "/opt/mme/default-tokenizer"
 PROD_STAGE_DEFAULTS: dict[str, Any] = {"termination_protection": True, "require_approval": True}
 
 
+#: Keys that once existed, and why they are gone: a cdk.json that still sets one fails with the reason, not with
+#: "unknown key".
+REMOVED_STAGE_KEYS = {
+    "target_memory_utilization_percent": "memory is no scaling signal for a multi-model endpoint: it keeps models "
+    "cached until memory runs out, so a memory policy scales out and never back in (SageMaker's multi-model caching "
+    "guide); the endpoint scales on target_invocations_per_instance",
+    "alarm_memory_utilization_percent": "high memory use is a multi-model endpoint's steady state, so the alarm fired "
+    "all the time; trouble shows as model loading wait, evictions, cache misses, errors and latency, which alarm",
+    "data_capture_percent": 'SageMaker refuses DataCapture on multi-model endpoints ("DataCapture feature is not '
+    'supported with MultiModel mode"), so any value above 0 failed the deploy',
+}
+
+
 class SettingsError(ValueError):
     """A context value is unknown, malformed or conflicts with another; the message names the key."""
 
@@ -66,10 +107,14 @@ class StageSettings:
 
     #: Stage name: lower-case, used in construct ids, stack names and the SSM parameter prefix.
     name: str
+    #: Who owns a directly deployed stage ("" = the pipeline's shared stage); part of its stack and SSM names. Set
+    #: from the app-level `owner` context, not per stage.
+    owner: str = ""
     #: Target account and region; "" = the CLI's current credentials (CDK_DEFAULT_ACCOUNT / CDK_DEFAULT_REGION).
     account: str = ""
     region: str = ""
-    #: CloudFormation termination protection on both stacks of the stage (default True for a stage named "prod").
+    #: CloudFormation termination protection on the endpoint stack (default True for a stage named "prod"). The
+    #: model store stack is always protected: destroying it never saves money and orphans the retained bucket.
     termination_protection: bool = False
     #: Pipeline only: a manual approval before this stage deploys (default True for a stage named "prod").
     require_approval: bool = False
@@ -77,13 +122,18 @@ class StageSettings:
     # --- model store -------------------------------------------------------------------------------------------
     #: Key prefix that holds the model archives; TargetModel "x.tar.gz" is the object `<model_prefix>x.tar.gz`.
     model_prefix: str = "models/"
-    #: Key prefix that receives data capture files when `data_capture_percent` > 0.
+    #: Key prefix reserved for captured requests and responses (never readable as a model).
     capture_prefix: str = "capture/"
     #: Days before captured request/response files expire (they are not models; they need no retention).
     capture_retention_days: int = 30
 
     # --- endpoint ----------------------------------------------------------------------------------------------
+    #: Changing it deploys in one update: the variant is deregistered from autoscaling before the endpoint update
+    #: and registered again after it (SageMaker refuses an instance-type change of an autoscaled variant).
     instance_type: str = "ml.m5.large"
+    #: Instances when the endpoint is created. Updates keep the live count (RetainAllVariantProperties), which the
+    #: autoscaler moves within [min_instance_count, max_instance_count]; changing this value alone changes nothing on
+    #: a running endpoint (change min/max instead: a new range clamps the live count at once).
     initial_instance_count: int = 1
     min_instance_count: int = 1
     max_instance_count: int = 2
@@ -94,13 +144,12 @@ class StageSettings:
     startup_health_check_timeout_seconds: int = 600
     #: MultiModelConfig.ModelCacheSetting: "Disabled" only when every request uses a different model.
     model_cache: str = "Enabled"
-    #: Percentage of requests captured to `capture_prefix`; 0 = data capture off.
-    data_capture_percent: int = 0
 
     # --- autoscaling -------------------------------------------------------------------------------------------
+    #: Target tracking on SageMakerVariantInvocationsPerInstance (invocations per instance per minute), the metric
+    #: SageMaker's multi-model autoscaling guide recommends. Memory is no signal: an MME keeps models cached until
+    #: memory runs out, so high memory use is its steady state.
     target_invocations_per_instance: int = 200
-    #: Target-tracking on the instances' MemoryUtilization (percent); 0 = no memory policy.
-    target_memory_utilization_percent: int = 75
     scale_in_cooldown_seconds: int = 600
     scale_out_cooldown_seconds: int = 120
 
@@ -132,20 +181,30 @@ class StageSettings:
     alarm_model_unloads: int = 20
     #: ModelCacheHit average below this percentage alarms.
     alarm_cache_hit_percent: int = 50
-    alarm_memory_utilization_percent: int = 90
+    #: ModelLatency p99 threshold, in milliseconds (the metric is in microseconds): time inside the container.
+    alarm_model_latency_ms: int = 1000
     #: OverheadLatency p99 threshold, in milliseconds (the metric is in microseconds).
     alarm_overhead_latency_ms: int = 200
+    #: Days the endpoint's CloudWatch log group keeps events; the group is deleted with the endpoint stack.
+    log_retention_days: int = 30
 
     # --- discovery and pipeline --------------------------------------------------------------------------------
-    #: SSM parameter path prefix for endpoint name, bucket and prefix (read by the `mme` CLI); "" = /mme/<name>.
+    #: SSM parameter path prefix for endpoint name, bucket and prefix (read by the `mme` CLI); "" = /mme/<name>, or
+    #: /mme/<owner>/<name> for a direct deploy.
     ssm_prefix: str = ""
     #: Pipeline only: TargetModel the post-deploy smoke test invokes; "" = no smoke test for this stage.
     smoke_test_target_model: str = "sentiment.tar.gz"
 
     def __post_init__(self) -> None:
+        _validate_names(self)
         if not self.ssm_prefix:
-            object.__setattr__(self, "ssm_prefix", f"/mme/{self.name}")
+            object.__setattr__(self, "ssm_prefix", self.names.ssm_prefix)
         _validate_stage(self)
+
+    @property
+    def names(self) -> StageNames:
+        """Stack names and SSM prefix of this stage (shared with the `mme` CLI)."""
+        return StageNames(stage=self.name, owner=self.owner)
 
     def container_environment(self) -> dict[str, str]:
         """Environment of the model container; names are the container's contract (handler/settings.py)."""
@@ -165,16 +224,19 @@ class StageSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class PipelineSettings:
-    """Where the pipeline reads the source. `enabled` is False when no repository/connection is configured."""
+    """Where the pipeline reads the source. `enabled` is False when no repository/connection is configured, or when
+    the stages are deployed directly on request (`direct`)."""
 
     repository: str = ""
     branch: str = "main"
     connection_arn: str = ""
+    #: Deploy the stages directly (owner-prefixed) although a pipeline is configured.
+    direct: bool = False
 
     @property
     def enabled(self) -> bool:
         """True when the app should synthesize the CDK Pipelines stack instead of the stages directly."""
-        return bool(self.repository)
+        return bool(self.repository) and not self.direct
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -185,7 +247,7 @@ class AppSettings:
     stages: tuple[StageSettings, ...] = field(default_factory=tuple)
 
 
-_STAGE_FIELDS = {f.name: f for f in dataclasses.fields(StageSettings) if f.name != "name"}
+_STAGE_FIELDS = {f.name: f for f in dataclasses.fields(StageSettings) if f.name not in ("name", "owner")}
 
 
 def _fail(key: str, allowed: str, value: object) -> SettingsError:
@@ -211,9 +273,14 @@ def _check_choice(stage: StageSettings, key: str, choices: tuple[str, ...]) -> N
         raise _fail(f"stages.{stage.name}.{key}", " | ".join(choices), value)
 
 
-def _validate_stage(s: StageSettings) -> None:
-    if not isinstance(s.name, str) or not STAGE_NAME_PATTERN.match(s.name):
+def _validate_names(s: StageSettings) -> None:
+    if not isinstance(s.name, str) or not NAME_PATTERN.match(s.name):
         raise _fail("stages.<name>", "lower-case letters, digits and '-', starting with a letter, <= 20 chars", s.name)
+    if not isinstance(s.owner, str) or (s.owner and not NAME_PATTERN.match(s.owner)):
+        raise _fail("owner", "lower-case letters, digits and '-', starting with a letter, <= 20 chars", s.owner)
+
+
+def _validate_stage(s: StageSettings) -> None:
     p = f"stages.{s.name}"
     _check_match(s, "account", ACCOUNT_PATTERN, '"" or a 12-digit account id')
     _check_match(s, "region", REGION_PATTERN, '"" or a region name such as "eu-west-1"')
@@ -249,10 +316,7 @@ def _validate_stage(s: StageSettings) -> None:
     _check_int(s, "model_download_timeout_seconds", 60, 3600)
     _check_int(s, "startup_health_check_timeout_seconds", 60, 3600)
     _check_choice(s, "model_cache", MODEL_CACHE_SETTINGS)
-    _check_int(s, "data_capture_percent", 0, 100)
     _check_int(s, "target_invocations_per_instance", 1, 1_000_000)
-    if s.target_memory_utilization_percent != 0:
-        _check_int(s, "target_memory_utilization_percent", 10, 95)
     _check_int(s, "scale_in_cooldown_seconds", 0, 3600)
     _check_int(s, "scale_out_cooldown_seconds", 0, 3600)
     _check_int(s, "server_workers", 1, 64)
@@ -278,8 +342,10 @@ def _validate_stage(s: StageSettings) -> None:
     _check_int(s, "alarm_model_loading_wait_seconds", 1, 3600)
     _check_int(s, "alarm_model_unloads", 1, 1_000_000)
     _check_int(s, "alarm_cache_hit_percent", 1, 100)
-    _check_int(s, "alarm_memory_utilization_percent", 10, 100)
+    _check_int(s, "alarm_model_latency_ms", 1, 60_000)
     _check_int(s, "alarm_overhead_latency_ms", 1, 60_000)
+    if s.log_retention_days not in LOG_RETENTION_DAYS:
+        raise _fail(f"{p}.log_retention_days", " | ".join(map(str, LOG_RETENTION_DAYS)), s.log_retention_days)
     _check_match(s, "ssm_prefix", SSM_PREFIX_PATTERN, 'an SSM path such as "/mme/dev" (no trailing "/")')
     _check_match(
         s,
@@ -289,11 +355,17 @@ def _validate_stage(s: StageSettings) -> None:
     )
 
 
-def _stage_from_context(name: str, raw: object) -> StageSettings:
+def _stage_from_context(name: str, raw: object, *, owner: str) -> StageSettings:
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
         raise _fail(f"stages.{name}", "an object of stage settings", raw)
+    removed = sorted(set(raw) & set(REMOVED_STAGE_KEYS))
+    if removed:
+        raise SettingsError(
+            f"context key 'stages.{name}.{removed[0]}' is no longer a setting: {REMOVED_STAGE_KEYS[removed[0]]}; "
+            "remove it from cdk.json"
+        )
     unknown = sorted(set(raw) - set(_STAGE_FIELDS))
     if unknown:
         raise _fail(f"stages.{name}.{unknown[0]}", "one of " + ", ".join(sorted(_STAGE_FIELDS)), "unknown key")
@@ -314,14 +386,15 @@ def _stage_from_context(name: str, raw: object) -> StageSettings:
             raise _fail(f"stages.{name}.{key}", "an integer", value)
         if isinstance(default, str) and not isinstance(value, str):
             raise _fail(f"stages.{name}.{key}", "a string", value)
-    return StageSettings(name=name, **values)
+    return StageSettings(name=name, owner=owner, **values)
 
 
-def load_app_settings(context: Mapping[str, Any]) -> AppSettings:
+def load_app_settings(context: Mapping[str, Any], *, user_name: str = "") -> AppSettings:
     """Build and validate the app's settings from the CDK context (the `context` of cdk.json plus `-c` values).
 
-    Only the keys `repository`, `branch`, `connection_arn` and `stages` are ours; keys containing ":" (feature
-    flags, `aws-cdk:*`, `@aws-cdk/*`) are the CDK's and ignored. `stages` may be a JSON string (from `-c`).
+    Only the keys `repository`, `branch`, `connection_arn`, `direct`, `owner` and `stages` are ours; keys containing
+    ":" (feature flags, `aws-cdk:*`, `@aws-cdk/*`) are the CDK's and ignored. `stages` may be a JSON string (from
+    `-c`). `user_name` (the OS user, read by app.py) is the default `owner` of direct deploys.
     Raises `SettingsError` naming the key and the allowed values.
     """
     repository = context.get("repository", "") or ""
@@ -341,6 +414,14 @@ def load_app_settings(context: Mapping[str, Any]) -> AppSettings:
         )
     if connection_arn and not repository:
         raise _fail("repository", '"owner/name" when connection_arn is set', repository)
+    direct = context.get("direct", False)
+    # `-c direct=true` arrives as the string "true".
+    if direct in ("true", "false"):
+        direct = direct == "true"
+    if not isinstance(direct, bool):
+        raise _fail("direct", "true | false", direct)
+    pipeline = PipelineSettings(repository=repository, branch=branch, connection_arn=connection_arn, direct=direct)
+    owner = _owner(context, user_name=user_name, pipeline=pipeline)
 
     raw_stages = context.get("stages", {"dev": {}})
     if isinstance(raw_stages, str):
@@ -350,11 +431,35 @@ def load_app_settings(context: Mapping[str, Any]) -> AppSettings:
             raise _fail("stages", f"a JSON object of stage name -> settings ({exc.msg})", raw_stages) from exc
     if not isinstance(raw_stages, Mapping) or not raw_stages:
         raise _fail("stages", 'a non-empty object such as {"dev": {}, "prod": {}}', raw_stages)
-    stages = tuple(_stage_from_context(name, raw) for name, raw in raw_stages.items())
-    return AppSettings(
-        pipeline=PipelineSettings(repository=repository, branch=branch, connection_arn=connection_arn),
-        stages=stages,
-    )
+    stages = tuple(_stage_from_context(name, raw, owner=owner) for name, raw in raw_stages.items())
+    return AppSettings(pipeline=pipeline, stages=stages)
+
+
+def _owner(context: Mapping[str, Any], *, user_name: str, pipeline: PipelineSettings) -> str:
+    """The owner of directly deployed stages ("" for the pipeline's): `owner` from the context, else made from the
+    OS user name. Refuses an `owner` that would be ignored, and direct mode without any owner."""
+    owner = context.get("owner", "")
+    if not isinstance(owner, str):
+        raise _fail("owner", "a string", owner)
+    if pipeline.enabled:
+        if owner:
+            raise _fail(
+                "owner",
+                '"" while the pipeline deploys the stages; add `-c direct=true` to deploy stages of your own',
+                owner,
+            )
+        return ""
+    owner = owner or owner_from_user_name(user_name)
+    if not owner:
+        raise _fail(
+            "owner",
+            "the owner of directly deployed stacks (their names start Mme-<owner>-<stage>); none could be made from "
+            "the OS user name, so pass one: `npx cdk deploy -c owner=<your-name> ...`",
+            owner,
+        )
+    if not NAME_PATTERN.match(owner):
+        raise _fail("owner", "lower-case letters, digits and '-', starting with a letter, <= 20 chars", owner)
+    return owner
 
 
 __all__ = [

@@ -5,18 +5,10 @@ from __future__ import annotations
 from aws_cdk import Environment, Stage
 from constructs import Construct
 
+from mme.aws.names import ENDPOINT_UNIT, MODEL_STORE_UNIT
 from stacks.endpoint import EndpointStack
 from stacks.model_store import ModelStoreStack
 from stacks.settings import StageSettings
-
-
-def stack_name(settings: StageSettings, unit: str) -> str:
-    """CloudFormation stack name of `unit` ("ModelStore" | "Endpoint") in a stage.
-
-    The same in direct mode and in the pipeline, so switching from `cdk deploy` to the pipeline updates the existing
-    stacks (and keeps the bucket) instead of creating new ones.
-    """
-    return f"Mme-{settings.name}-{unit}"
 
 
 class ServingStage(Stage):
@@ -33,12 +25,13 @@ class ServingStage(Stage):
         super().__init__(scope, construct_id, env=env)
         self.settings = settings
         self.model_store = ModelStoreStack(
-            self, "ModelStore", settings=settings, stack_name=stack_name(settings, "ModelStore")
+            self, "ModelStore", settings=settings, stack_name=settings.names.stack_name(MODEL_STORE_UNIT)
         )
         self.endpoint = EndpointStack(
             self,
             "Endpoint",
             settings=settings,
-            stack_name=stack_name(settings, "Endpoint"),
+            store_stack_name=self.model_store.stack_name,
+            stack_name=settings.names.stack_name(ENDPOINT_UNIT),
         )
         self.endpoint.add_stack_dependency(self.model_store, "The endpoint reads models from the store's bucket")

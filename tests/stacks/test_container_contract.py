@@ -12,7 +12,7 @@ from cdk_synth import REPO_ROOT
 from handler.errors import ModelLoadError
 from handler.model import find_tokenizer
 from handler.settings import ServingSettings
-from stacks.endpoint import DEFAULT_TOKENIZER_BUILD_ARG, TOKENIZER_FILES, check_default_tokenizer
+from stacks.multi_model_endpoint import DEFAULT_TOKENIZER_BUILD_ARG, TOKENIZER_FILES, check_default_tokenizer
 from stacks.settings import IMAGE_DEFAULT_TOKENIZER_DIR, SettingsError, StageSettings, load_app_settings
 
 DOCKERFILE = REPO_ROOT / "container" / "Dockerfile"
@@ -30,7 +30,7 @@ def test_every_container_setting_from_cdk_context_reaches_the_serving_settings()
         "max_texts_per_request": 16,
         "load_memory_reserve_mb": 512,
     }
-    stage = load_app_settings({"stages": {"dev": custom}}).stages[0]
+    stage = load_app_settings({"stages": {"dev": custom}}, user_name="alice").stages[0]
     serving = ServingSettings.from_env(stage.container_environment())
     assert (
         serving.workers_per_model,
@@ -46,10 +46,14 @@ def test_every_container_setting_from_cdk_context_reaches_the_serving_settings()
 
 
 def test_default_tokenizer_setting_reaches_the_serving_settings_as_the_image_folder() -> None:
-    with_default = load_app_settings({"stages": {"dev": {"default_tokenizer": "tokenizers/bert-base-cased"}}})
+    with_default = load_app_settings(
+        {"stages": {"dev": {"default_tokenizer": "tokenizers/bert-base-cased"}}}, user_name="alice"
+    )
     serving = ServingSettings.from_env(with_default.stages[0].container_environment())
     assert serving.default_tokenizer_dir == Path(IMAGE_DEFAULT_TOKENIZER_DIR)
-    without = ServingSettings.from_env(load_app_settings({"stages": {"dev": {}}}).stages[0].container_environment())
+    without = ServingSettings.from_env(
+        load_app_settings({"stages": {"dev": {}}}, user_name="alice").stages[0].container_environment()
+    )
     assert without.default_tokenizer_dir is None
 
 

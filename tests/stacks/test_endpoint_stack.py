@@ -1,4 +1,4 @@
-"""Endpoint stack: MultiModel contract, least-privilege role, autoscaling and alarms."""
+"""Endpoint stack: MultiModel contract, least-privilege roles, logs, autoscaling and alarms."""
 
 from __future__ import annotations
 
@@ -7,17 +7,27 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aws_cdk.assertions import Match, Template
 from cdk_synth import REPO_ROOT, Synthesized
 
-#: The only actions allowed on Resource "*": neither supports resource-level permissions (see stacks/endpoint.py).
-DOCUMENTED_STAR_ACTIONS = {"ecr:GetAuthorizationToken", "cloudwatch:PutMetricData"}
+#: The only actions allowed on Resource "*", per role: none supports a resource known at synth (see the stacks).
+DOCUMENTED_STAR_ACTIONS = {
+    "ServingExecutionRole": {"ecr:GetAuthorizationToken", "cloudwatch:PutMetricData"},
+    "AutoscalingFunctionRole": {
+        "application-autoscaling:DescribeScalableTargets",
+        "application-autoscaling:DescribeScalingPolicies",
+    },
+}
 
 
-def _role_statements(template: Template) -> list[dict[str, Any]]:
+def _role_statements(template: Template, role: str = "ServingExecutionRole") -> list[dict[str, Any]]:
+    """Statements of the policies attached to the role whose logical ID starts with `role`."""
     statements: list[dict[str, Any]] = []
     for policy in template.find_resources("AWS::IAM::Policy").values():
-        statements += policy["Properties"]["PolicyDocument"]["Statement"]
+        (attached,) = policy["Properties"]["Roles"]
+        if attached["Ref"].startswith(role):
+            statements += policy["Properties"]["PolicyDocument"]["Statement"]
     return statements
 
 
@@ -35,6 +45,8 @@ def _flat(value: Any) -> str:
         return sep.join(_flat(p) for p in parts)
     if isinstance(value, dict) and "Ref" in value:
         return f"<{value['Ref']}>"
+    if isinstance(value, dict) and "Fn::ImportValue" in value:
+        return f"<import:{value['Fn::ImportValue']}>"
     return repr(value)
 
 
@@ -47,18 +59,10 @@ def test_model_is_multimodel_on_the_prefix_with_network_isolation(dev_endpoint: 
     container = props["PrimaryContainer"]
     assert container["Mode"] == "MultiModel"
     assert container["MultiModelConfig"] == {"ModelCacheSetting": "Enabled"}
-    url = _flat(container["ModelDataUrl"])
-    assert url.startswith("s3://<SsmParameterValue"), url
-    assert url.endswith("/models/"), url
+    assert _flat(container["ModelDataUrl"]) == "s3://<import:Mme-dev-ModelStore:ModelBucketName>/models/"
     assert container["Environment"]["SAGEMAKER_MODEL_SERVER_WORKERS"] == "1"
     assert container["Environment"]["MME_MAX_TEXTS_PER_REQUEST"] == "64"
     assert "ecr" in _flat(container["Image"]) or "Fn::Sub" in container["Image"]
-
-
-def test_bucket_and_key_come_from_the_stores_ssm_parameters(dev_endpoint: Template) -> None:
-    parameters = dev_endpoint.to_json()["Parameters"]
-    defaults = {p["Default"] for p in parameters.values() if p["Type"].startswith("AWS::SSM::Parameter::Value")}
-    assert {"/mme/dev/bucket", "/mme/dev/key-arn"} <= defaults
 
 
 def test_endpoint_config_sets_instances_volume_timeouts_and_kms(dev_endpoint: Template) -> None:
@@ -82,15 +86,22 @@ def test_endpoint_config_sets_instances_volume_timeouts_and_kms(dev_endpoint: Te
     )
     config = next(iter(dev_endpoint.find_resources("AWS::SageMaker::EndpointConfig").values()))["Properties"]
     assert "EndpointConfigName" not in config
-    assert "DataCaptureConfig" not in config  # off by default
+    assert "DataCaptureConfig" not in config  # SageMaker refuses it on multi-model endpoints
 
 
-def test_no_wildcard_actions_and_star_only_for_documented_actions(dev_endpoint: Template) -> None:
-    for statement in _role_statements(dev_endpoint):
+def test_updates_keep_the_live_instance_count(dev_endpoint: Template) -> None:
+    dev_endpoint.has_resource_properties("AWS::SageMaker::Endpoint", {"RetainAllVariantProperties": True})
+
+
+@pytest.mark.parametrize("role", sorted(DOCUMENTED_STAR_ACTIONS))
+def test_no_wildcard_actions_and_star_only_for_documented_actions(dev_endpoint: Template, role: str) -> None:
+    statements = _role_statements(dev_endpoint, role)
+    assert statements
+    for statement in statements:
         for action in _actions(statement):
             assert "*" not in action, statement
         if statement["Resource"] == "*":
-            assert set(_actions(statement)) <= DOCUMENTED_STAR_ACTIONS, statement
+            assert set(_actions(statement)) <= DOCUMENTED_STAR_ACTIONS[role], statement
 
 
 def test_metrics_permission_is_namespace_conditioned(dev_endpoint: Template) -> None:
@@ -109,12 +120,46 @@ def test_role_reads_only_the_model_prefix(dev_endpoint: Template) -> None:
     assert "kms:ViaService" in decrypt["Condition"]["StringEquals"]
 
 
-def test_logs_are_limited_to_the_endpoints_log_group(synthesized: Synthesized, dev_endpoint: Template) -> None:
+def test_the_endpoint_log_group_is_created_with_retention_and_the_role_writes_to_it(
+    synthesized: Synthesized, dev_endpoint: Template
+) -> None:
     name = synthesized.stage("dev").endpoint.serving.endpoint_name
-    log_statements = [s for s in _role_statements(dev_endpoint) if any(a.startswith("logs:") for a in _actions(s))]
-    assert log_statements
-    for statement in log_statements:
-        assert f":log-group:/aws/sagemaker/Endpoints/{name}" in _flat(statement["Resource"])
+    (log_group_id,) = [
+        logical_id
+        for logical_id, group in dev_endpoint.find_resources("AWS::Logs::LogGroup").items()
+        if group["Properties"].get("LogGroupName") == f"/aws/sagemaker/Endpoints/{name}"
+    ]
+    group = dev_endpoint.to_json()["Resources"][log_group_id]
+    assert group["Properties"]["RetentionInDays"] == 30
+    assert group["DeletionPolicy"] == "Delete"
+    # CloudWatch Logs authorizes these on `log-group:NAME:*`, which is the group's Arn attribute.
+    (statement,) = [s for s in _role_statements(dev_endpoint) if any(a.startswith("logs:") for a in _actions(s))]
+    assert sorted(_actions(statement)) == [
+        "logs:CreateLogGroup",
+        "logs:CreateLogStream",
+        "logs:DescribeLogStreams",
+        "logs:PutLogEvents",
+    ]
+    assert statement["Resource"] == {"Fn::GetAtt": [log_group_id, "Arn"]}
+    # Created before the endpoint, or SageMaker would create it first (no retention) and the stack's create fail.
+    (endpoint,) = dev_endpoint.find_resources("AWS::SageMaker::Endpoint").values()
+    assert log_group_id in endpoint["DependsOn"]
+
+
+def test_nothing_in_the_endpoint_stack_outlives_it(tmp_path_factory: Any) -> None:
+    from cdk_synth import synth_app
+
+    # With alarm_email, the topic's KMS key too (a retained key would bill every destroy and redeploy).
+    synthesized = synth_app(tmp_path_factory.mktemp("email"), {"stages": {"dev": {"alarm_email": "ops@example.com"}}})
+    template = synthesized.template(synthesized.stage("dev").endpoint)
+    resources = template.to_json()["Resources"]
+    assert any(r["Type"] == "AWS::KMS::Key" for r in resources.values())
+    for logical_id, resource in resources.items():
+        assert resource.get("DeletionPolicy", "Delete") == "Delete", logical_id
+    template.has_resource_properties("AWS::SNS::Topic", {"KmsMasterKeyId": Match.any_value()})
+    template.has_resource_properties("AWS::SNS::Subscription", {"Protocol": "email", "Endpoint": "ops@example.com"})
+    alarms = template.find_resources("AWS::CloudWatch::Alarm")
+    assert all(a["Properties"]["AlarmActions"] for a in alarms.values())
 
 
 def test_image_pull_is_limited_to_the_asset_repository(dev_endpoint: Template) -> None:
@@ -122,64 +167,62 @@ def test_image_pull_is_limited_to_the_asset_repository(dev_endpoint: Template) -
     assert "container-assets" in _flat(pull["Resource"])
 
 
-def test_capture_adds_put_on_capture_prefix_only(tmp_path_factory: Any) -> None:
-    from cdk_synth import synth_app
-
-    synthesized = synth_app(
-        tmp_path_factory.mktemp("capture"),
-        {"stages": {"dev": {"data_capture_percent": 20, "alarm_email": "ops@example.com"}}},
-    )
-    template = synthesized.template(synthesized.stage("dev").endpoint)
-    (put,) = [s for s in _role_statements(template) if "s3:PutObject" in _actions(s)]
-    assert _flat(put["Resource"]).endswith("/capture/*")
-    template.has_resource_properties(
-        "AWS::SageMaker::EndpointConfig",
-        {"DataCaptureConfig": Match.object_like({"EnableCapture": True, "InitialSamplingPercentage": 20})},
-    )
-    template.has_resource_properties("AWS::SNS::Topic", {"KmsMasterKeyId": Match.any_value()})
-    template.has_resource_properties("AWS::SNS::Subscription", {"Protocol": "email", "Endpoint": "ops@example.com"})
-    alarms = template.find_resources("AWS::CloudWatch::Alarm")
-    assert all(a["Properties"]["AlarmActions"] for a in alarms.values())
+def _custom_resources(template: Template, resource_type: str) -> dict[str, Any]:
+    return template.find_resources(resource_type)
 
 
-def test_autoscaling_tracks_invocations_and_memory(dev_endpoint: Template) -> None:
-    dev_endpoint.has_resource_properties(
-        "AWS::ApplicationAutoScaling::ScalableTarget",
-        {
-            "ServiceNamespace": "sagemaker",
-            "ScalableDimension": "sagemaker:variant:DesiredInstanceCount",
-            "MinCapacity": 1,
-            "MaxCapacity": 2,
-        },
-    )
-    dev_endpoint.has_resource_properties(
-        "AWS::ApplicationAutoScaling::ScalingPolicy",
-        {
-            "PolicyType": "TargetTrackingScaling",
-            "TargetTrackingScalingPolicyConfiguration": Match.object_like(
-                {
-                    "PredefinedMetricSpecification": {"PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"},
-                    "TargetValue": 200,
-                }
-            ),
-        },
-    )
-    dev_endpoint.has_resource_properties(
-        "AWS::ApplicationAutoScaling::ScalingPolicy",
-        {
-            "TargetTrackingScalingPolicyConfiguration": Match.object_like(
-                {
-                    "CustomizedMetricSpecification": Match.object_like(
-                        {"MetricName": "MemoryUtilization", "Namespace": "/aws/sagemaker/Endpoints"}
-                    ),
-                    "TargetValue": 75,
-                }
-            ),
-        },
-    )
+def test_autoscaling_is_owned_by_two_custom_resources_around_the_endpoint(dev_endpoint: Template) -> None:
+    ((release_id, release),) = _custom_resources(dev_endpoint, "Custom::EndpointScalingRelease").items()
+    ((scaling_id, scaling),) = _custom_resources(dev_endpoint, "Custom::EndpointScaling").items()
+    ((endpoint_id, endpoint),) = dev_endpoint.find_resources("AWS::SageMaker::Endpoint").items()
+    spec = {
+        "VariantName": "AllTraffic",
+        "InstanceType": "ml.m5.large",
+        "MinCapacity": "1",
+        "MaxCapacity": "2",
+        "TargetInvocationsPerInstance": "200",
+        "ScaleInCooldownSeconds": "600",
+        "ScaleOutCooldownSeconds": "120",
+        "PolicyName": "InvocationsPerInstance",
+    }
+    for resource in (release, scaling):
+        assert spec.items() <= resource["Properties"].items()
+        assert "Fn::GetAtt" in resource["Properties"]["ServiceToken"]
+    # The release runs before the endpoint update (it names the endpoint literally), the registration after it.
+    assert release["Properties"]["EndpointName"] == "Mme-dev-Endpoint"
+    assert release_id in endpoint["DependsOn"]
+    assert scaling["Properties"]["EndpointName"] == {"Fn::GetAtt": [endpoint_id, "EndpointName"]}
+    # No native target or policy that CloudFormation would re-create out of order.
+    dev_endpoint.resource_count_is("AWS::ApplicationAutoScaling::ScalableTarget", 0)
+    dev_endpoint.resource_count_is("AWS::ApplicationAutoScaling::ScalingPolicy", 0)
+    assert scaling_id != release_id
 
 
-def test_alarms_cover_the_mme_metrics(dev_endpoint: Template) -> None:
+def test_the_scaling_function_may_touch_only_this_endpoint(dev_endpoint: Template) -> None:
+    statements = _role_statements(dev_endpoint, "AutoscalingFunctionRole")
+    sagemaker = [s for s in statements if any(a.startswith("sagemaker:") for a in _actions(s))]
+    resources = {
+        _flat(r) for s in sagemaker for r in (s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]])
+    }
+    assert {r.split(":")[-1] for r in resources} == {"endpoint/mme-dev-endpoint", "endpoint-config/*"}
+    (write,) = [s for s in statements if "application-autoscaling:RegisterScalableTarget" in _actions(s)]
+    assert _flat(write["Resource"]).endswith(":scalable-target/*")
+    assert write["Condition"] == {
+        "StringEquals": {
+            "application-autoscaling:service-namespace": "sagemaker",
+            "application-autoscaling:scalable-dimension": "sagemaker:variant:DesiredInstanceCount",
+        }
+    }
+    (slr,) = [s for s in statements if "iam:CreateServiceLinkedRole" in _actions(s)]
+    assert slr["Condition"] == {
+        "StringEquals": {"iam:AWSServiceName": "sagemaker.application-autoscaling.amazonaws.com"}
+    }
+    (function,) = dev_endpoint.find_resources("AWS::Lambda::Function").values()
+    assert function["Properties"]["Handler"] == "index.handler"
+    assert function["Properties"]["Runtime"].startswith("python3.")
+
+
+def test_alarms_watch_mme_trouble_not_memory(dev_endpoint: Template) -> None:
     alarms = dev_endpoint.find_resources("AWS::CloudWatch::Alarm").values()
     by_metric = {a["Properties"]["MetricName"]: a["Properties"] for a in alarms}
     assert set(by_metric) == {
@@ -187,21 +230,21 @@ def test_alarms_cover_the_mme_metrics(dev_endpoint: Template) -> None:
         "ModelUnloadingTime",
         "ModelLoadingWaitTime",
         "Invocation5XXErrors",
-        "MemoryUtilization",
+        "ModelLatency",
         "OverheadLatency",
     }
     assert by_metric["ModelLoadingWaitTime"]["ExtendedStatistic"] == "p99"
     assert by_metric["ModelLoadingWaitTime"]["Threshold"] == 20_000_000  # microseconds
+    assert by_metric["ModelLatency"]["Threshold"] == 1_000_000  # 1000 ms in microseconds
     assert by_metric["ModelUnloadingTime"]["Statistic"] == "SampleCount"
     assert by_metric["ModelCacheHit"]["ComparisonOperator"] == "LessThanThreshold"
-    assert by_metric["MemoryUtilization"]["Namespace"] == "/aws/sagemaker/Endpoints"
     dev_endpoint.resource_count_is("AWS::CloudWatch::Dashboard", 1)
     dev_endpoint.resource_count_is("AWS::SNS::Topic", 0)  # no alarm_email by default
 
 
 def test_outputs_and_ssm_parameter_name_the_endpoint(dev_endpoint: Template) -> None:
     outputs = dev_endpoint.to_json()["Outputs"]
-    assert {"EndpointName", "ModelBucketName", "ModelPrefix"} <= set(outputs)
+    assert {"EndpointName", "ModelPrefix"} <= set(outputs)
     dev_endpoint.has_resource_properties("AWS::SSM::Parameter", {"Name": "/mme/dev/endpoint-name"})
 
 
@@ -212,7 +255,7 @@ def test_endpoint_is_named_after_its_stack(synthesized: Synthesized, dev_endpoin
 
 
 def test_image_build_context_holds_only_container_and_handler(synthesized: Synthesized) -> None:
-    asset_dirs = [p for p in synthesized.outdir.glob("asset.*") if p.is_dir()]
+    asset_dirs = [p for p in synthesized.outdir.glob("asset.*") if (p / "container").is_dir()]
     assert len(asset_dirs) == 1
     top = {p.name for p in asset_dirs[0].iterdir()}
     assert top == {"container", "handler"}

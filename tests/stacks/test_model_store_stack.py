@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from aws_cdk.assertions import Match, Template
 from cdk_synth import Synthesized
 
@@ -21,11 +23,21 @@ def test_stateful_logical_ids_are_pinned(dev_store: Template) -> None:
     assert resources["AccessLogBucket"]["Type"] == "AWS::S3::Bucket"
 
 
-def test_stateful_resources_are_retained(dev_store: Template) -> None:
+def test_everything_in_the_store_is_retained_except_after_a_failed_create(dev_store: Template) -> None:
+    # Buckets, key, both bucket policies (a retained bucket must keep refusing plain HTTP) and the SSM parameters
+    # (they keep pointing at the retained bucket, and block a new store from silently replacing it). Not retained
+    # when their own create fails and rolls back, so that failure leaves nothing behind.
     resources = dev_store.to_json()["Resources"]
-    for logical_id in ("ModelBucket", "ModelStoreKey", "AccessLogBucket"):
-        assert resources[logical_id]["DeletionPolicy"] == "Retain", logical_id
-        assert resources[logical_id]["UpdateReplacePolicy"] == "Retain", logical_id
+    assert {r["Type"] for r in resources.values()} == {
+        "AWS::S3::Bucket",
+        "AWS::S3::BucketPolicy",
+        "AWS::KMS::Key",
+        "AWS::SSM::Parameter",
+    }
+    assert len(dev_store.find_resources("AWS::S3::BucketPolicy")) == 2
+    for logical_id, resource in resources.items():
+        assert resource["DeletionPolicy"] == "RetainExceptOnCreate", logical_id
+        assert resource["UpdateReplacePolicy"] == "Retain", logical_id
 
 
 def test_model_bucket_is_kms_encrypted_versioned_private_and_logged(dev_store: Template) -> None:
@@ -80,7 +92,25 @@ def test_ssm_parameters_publish_bucket_key_and_prefix(dev_store: Template) -> No
     assert names == {"/mme/dev/bucket", "/mme/dev/key-arn", "/mme/dev/model-prefix"}
 
 
-def test_termination_protection_for_prod_only(synthesized: Synthesized) -> None:
+def test_the_store_is_always_protected_and_the_endpoint_in_prod(synthesized: Synthesized) -> None:
     assert synthesized.stage("prod").model_store.termination_protection is True
+    assert synthesized.stage("dev").model_store.termination_protection is True
     assert synthesized.stage("prod").endpoint.termination_protection is True
-    assert synthesized.stage("dev").model_store.termination_protection is False
+    assert synthesized.stage("dev").endpoint.termination_protection is False
+
+
+def test_the_endpoint_imports_the_stores_exports_so_the_store_cannot_go_first(
+    dev_store: Template, dev_endpoint: Template
+) -> None:
+    exports = {output["Export"]["Name"] for output in dev_store.to_json()["Outputs"].values() if "Export" in output}
+    assert exports == {"Mme-dev-ModelStore:ModelBucketName", "Mme-dev-ModelStore:ModelStoreKeyArn"}
+    endpoint_json = json.dumps(dev_endpoint.to_json())
+    for export in exports:
+        assert json.dumps({"Fn::ImportValue": export}) in endpoint_json
+    # Nothing is read through SSM any more: a parameter would not hold the store in place.
+    parameters = dev_endpoint.to_json().get("Parameters", {})
+    assert not [
+        p
+        for p in parameters.values()
+        if p["Type"].startswith("AWS::SSM::Parameter::Value") and not p["Default"].startswith("/cdk-bootstrap/")
+    ]

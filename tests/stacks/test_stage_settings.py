@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 
@@ -11,31 +12,38 @@ from stacks.settings import SettingsError, StageSettings, load_app_settings
 ARN = "arn:aws:codeconnections:eu-west-1:111111111111:connection/abc-123"
 
 
+def _load(context: dict[str, object]) -> Any:
+    """The settings as `cdk` run by the OS user "alice" would build them."""
+    return load_app_settings(context, user_name="alice")
+
+
 def test_defaults_without_context_give_one_dev_stage_and_no_pipeline() -> None:
-    settings = load_app_settings({})
+    settings = _load({})
     assert not settings.pipeline.enabled
     assert [s.name for s in settings.stages] == ["dev"]
     dev = settings.stages[0]
     assert dev.instance_type == "ml.m5.large"
     assert dev.model_prefix == "models/"
-    assert dev.ssm_prefix == "/mme/dev"
+    assert dev.owner == "alice"
+    assert dev.ssm_prefix == "/mme/alice/dev"
+    assert dev.names.stack_name("Endpoint") == "Mme-alice-dev-Endpoint"
     assert not dev.termination_protection
 
 
 def test_prod_stage_is_protected_and_gated_by_default() -> None:
-    prod = load_app_settings({"stages": {"prod": {}}}).stages[0]
+    prod = _load({"stages": {"prod": {}}}).stages[0]
     assert prod.termination_protection
     assert prod.require_approval
 
 
 def test_stage_order_follows_context_and_accepts_a_json_string() -> None:
-    settings = load_app_settings({"stages": '{"qa": {}, "dev": {"max_instance_count": 3}}'})
+    settings = _load({"stages": '{"qa": {}, "dev": {"max_instance_count": 3}}'})
     assert [s.name for s in settings.stages] == ["qa", "dev"]
     assert settings.stages[1].max_instance_count == 3
 
 
 def test_settings_are_frozen() -> None:
-    dev = load_app_settings({}).stages[0]
+    dev = _load({}).stages[0]
     with pytest.raises(dataclasses.FrozenInstanceError):
         dev.instance_type = "ml.c5.large"  # type: ignore[misc]
 
@@ -57,13 +65,13 @@ def test_container_environment_carries_every_tunable() -> None:
 
 @pytest.mark.parametrize("folder", ["tokenizers/bert-base-cased", "bert_base.v2", "a/b-c/d.e_f"])
 def test_default_tokenizer_is_a_relative_folder_and_announced_to_the_container(folder: str) -> None:
-    stage = load_app_settings({"stages": {"dev": {"default_tokenizer": folder}}}).stages[0]
+    stage = _load({"stages": {"dev": {"default_tokenizer": folder}}}).stages[0]
     assert stage.default_tokenizer == folder
     assert stage.container_environment()["MME_DEFAULT_TOKENIZER_DIR"] == "/opt/mme/default-tokenizer"
 
 
 def test_no_default_tokenizer_by_default() -> None:
-    stage = load_app_settings({}).stages[0]
+    stage = _load({}).stages[0]
     assert stage.default_tokenizer == ""
     assert "MME_DEFAULT_TOKENIZER_DIR" not in stage.container_environment()
 
@@ -95,11 +103,12 @@ def test_no_default_tokenizer_by_default() -> None:
         ({"default_tokenizer": "tokenizers/bert\n"}, ["stages.dev.default_tokenizer"]),
         ({"default_tokenizer": "t/" * 101 + "x"}, ["stages.dev.default_tokenizer", "at most 200 characters"]),
         ({"default_tokenizer": True}, ["stages.dev.default_tokenizer", "a string"]),
+        ({"log_retention_days": 10}, ["stages.dev.log_retention_days", "14 | 30"]),
     ],
 )
 def test_bad_stage_value_names_key_and_allowed_values(stage: dict[str, object], fragments: list[str]) -> None:
     with pytest.raises(SettingsError) as raised:
-        load_app_settings({"stages": {"dev": stage}})
+        _load({"stages": {"dev": stage}})
     for fragment in fragments:
         assert fragment in str(raised.value)
 
@@ -118,12 +127,70 @@ def test_bad_stage_value_names_key_and_allowed_values(stage: dict[str, object], 
 )
 def test_bad_app_value_names_key_and_allowed_values(context: dict[str, object], fragments: list[str]) -> None:
     with pytest.raises(SettingsError) as raised:
-        load_app_settings(context)
+        _load(context)
     for fragment in fragments:
         assert fragment in str(raised.value)
 
 
 def test_pipeline_enabled_with_repository_and_connection() -> None:
-    settings = load_app_settings({"repository": "acme/mme", "connection_arn": ARN, "branch": "release"})
+    settings = _load({"repository": "acme/mme", "connection_arn": ARN, "branch": "release"})
     assert settings.pipeline.enabled
     assert settings.pipeline.branch == "release"
+
+
+def test_pipeline_stages_have_no_owner_and_shared_names() -> None:
+    (dev,) = _load({"repository": "acme/mme", "connection_arn": ARN}).stages
+    assert dev.owner == ""
+    assert dev.ssm_prefix == "/mme/dev"
+    assert dev.names.stack_name("ModelStore") == "Mme-dev-ModelStore"
+
+
+@pytest.mark.parametrize(
+    ("context", "user", "owner"),
+    [
+        ({}, "Alice.Smith", "alice-smith"),
+        ({"owner": "bob"}, "alice", "bob"),
+        ({"repository": "acme/mme", "connection_arn": ARN, "direct": "true"}, "carol", "carol"),
+        ({"repository": "acme/mme", "connection_arn": ARN, "direct": True, "owner": "dan"}, "", "dan"),
+    ],
+)
+def test_direct_deploys_are_named_after_their_owner(context: dict[str, object], user: str, owner: str) -> None:
+    settings = load_app_settings(context, user_name=user)
+    assert not settings.pipeline.enabled
+    (dev,) = settings.stages
+    assert dev.owner == owner
+    assert dev.names.stack_name("Endpoint") == f"Mme-{owner}-dev-Endpoint"
+    assert dev.ssm_prefix == f"/mme/{owner}/dev"
+
+
+@pytest.mark.parametrize(
+    ("context", "user", "fragments"),
+    [
+        ({}, "", ["owner", "-c owner=<your-name>"]),
+        ({}, "42", ["owner", "-c owner=<your-name>"]),
+        ({"owner": "Bob Smith"}, "alice", ["owner", "lower-case"]),
+        ({"repository": "acme/mme", "connection_arn": ARN, "owner": "bob"}, "alice", ["owner", "-c direct=true"]),
+        ({"direct": "maybe"}, "alice", ["direct", "true | false"]),
+    ],
+)
+def test_bad_owner_or_direct_is_refused(context: dict[str, object], user: str, fragments: list[str]) -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_app_settings(context, user_name=user)
+    for fragment in fragments:
+        assert fragment in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "reason"),
+    [
+        ("target_memory_utilization_percent", "target_invocations_per_instance"),
+        ("alarm_memory_utilization_percent", "steady state"),
+        ("data_capture_percent", "DataCapture"),
+    ],
+)
+def test_removed_keys_fail_with_the_reason(key: str, reason: str) -> None:
+    with pytest.raises(SettingsError) as raised:
+        _load({"stages": {"dev": {key: 50}}})
+    assert f"stages.dev.{key}" in str(raised.value)
+    assert reason in str(raised.value)
+    assert "remove it from cdk.json" in str(raised.value)

@@ -1,0 +1,1 @@
+"""What talks to, or names, a deployed stage on AWS."""

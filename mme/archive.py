@@ -10,12 +10,14 @@ import logging
 import tarfile
 from pathlib import Path, PurePosixPath
 
+from mme import MmeError
+
 logger = logging.getLogger(__name__)
 
 ARCHIVE_SUFFIX = ".tar.gz"
 
 
-class ArchiveError(ValueError):
+class ArchiveError(MmeError, ValueError):
     """An archive or its inputs cannot be used; the message says what to fix."""
 
 

@@ -26,11 +26,12 @@ import psutil
 import requests
 
 from handler.settings import load_error_file
+from mme import MmeError
 
 logger = logging.getLogger(__name__)
 
 
-class ContainerError(RuntimeError):
+class ContainerError(MmeError, RuntimeError):
     """The container did not start, or answered a management call with an unexpected status."""
 
 

@@ -13,8 +13,10 @@ from pathlib import Path, PurePosixPath
 from typing import Protocol
 from urllib.parse import urlparse
 
+from mme import MmeError
 
-class StoreError(ValueError):
+
+class StoreError(MmeError, ValueError):
     """The store or a key cannot be used; the message says what is wrong."""
 
 

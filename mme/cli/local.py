@@ -1,27 +1,23 @@
-"""The ``mme`` console command."""
+"""Commands of the local endpoint: demo models, the demo, `mme serve` and `mme invoke`."""
 
 from __future__ import annotations
 
 import enum
 import json
 import logging
-import re
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from handler.errors import HandlerError
-from handler.manifest import Manifest, OutputKind, ResponseFormat
 from handler.settings import DEFAULT_TOKENIZER_VARIABLE
-from mme.archive import ARCHIVE_SUFFIX, ArchiveError
+from mme.archive import ARCHIVE_SUFFIX
+from mme.cli import app, error_message
+from mme.cli.output import environment_pairs, fail, parse_size
 
 if TYPE_CHECKING:
     from mme.container import LocalContainer
-    from mme.packaging import ModelReport
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "mme"
 #: Where the image keeps its default tokenizer (container/Dockerfile; the CDK stage setting default_tokenizer).
@@ -36,12 +32,6 @@ class ModelCacheSetting(enum.StrEnum):
     disabled = "disabled"
 
 
-app = typer.Typer(
-    no_args_is_help=True,
-    add_completion=False,
-    help="Many text classifiers on one SageMaker multi-model endpoint: build, package and serve them.",
-)
-
 DEMO_SENTENCES: dict[str, tuple[str, ...]] = {
     "sentiment": ("I loved this film, it was wonderful", "terrible service, I hated every minute"),
     "topic": (
@@ -51,23 +41,6 @@ DEMO_SENTENCES: dict[str, tuple[str, ...]] = {
         "we booked a cheap flight and a hotel by the beach",
     ),
 }
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    return typer.Exit(code=2)
-
-
-def _client_error_message(error: Exception) -> str:
-    """``Code: Message`` of a botocore ``ClientError``; a ModelError's message already quotes the container."""
-    details = getattr(error, "response", {}).get("Error", {})
-    return f"{details.get('Code', 'error')}: {details.get('Message', error)}"
-
-
-@app.callback()
-def _configure(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress.")] = False) -> None:
-    level = logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
 @app.command("demo-models")
@@ -89,138 +62,9 @@ def demo_models(
             try:
                 trained = train_demo_model(spec, Path(work))
             except RuntimeError as error:  # held-out accuracy below the bar: nothing is written
-                raise _fail(str(error)) from None
+                raise fail(str(error)) from None
             write_archive(trained.model_dir, archive)
         typer.echo(f"{archive}: labels {', '.join(spec.labels)}; held-out accuracy {trained.held_out_accuracy:.3f}")
-
-
-def _bindings(pairs: list[str]) -> dict[str, str] | None:
-    bindings = {}
-    for pair in pairs:
-        name, sep, output = pair.partition("=")
-        if not sep or not name or not output:
-            raise typer.BadParameter(
-                f"{pair!r} must look like SIGNATURE_INPUT=TOKENIZER_OUTPUT, e.g. mask=attention_mask"
-            )
-        bindings[name] = output
-    return bindings or None
-
-
-@contextmanager
-def _model_errors(action: str) -> Iterator[None]:
-    """Turn every failure of reading a model into a CLI error of a few lines; ``-v`` logs the traceback."""
-    try:
-        yield
-    except (ArchiveError, HandlerError) as error:
-        raise _fail(str(error)) from None
-    except Exception as error:  # TensorFlow or transformers failing in a way the handler does not name
-        logging.getLogger("mme").info("%s failed", action, exc_info=True)
-        raise _fail(f"{action} failed unexpectedly: {type(error).__name__}: {error} (-v shows where)") from None
-
-
-def _print_report(report: ModelReport) -> None:
-    for line in report.lines():
-        typer.echo(line)
-
-
-@app.command("package")
-def package(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Archive to write: <model>.tar.gz (a new key).")],
-    saved_model: Annotated[
-        Path | None, typer.Option("--saved-model", help="Folder written by model.save or tf.saved_model.save.")
-    ] = None,
-    source: Annotated[
-        Path | None,
-        typer.Option("--from", help="An existing archive (.tar.gz) or extracted model folder to repackage."),
-    ] = None,
-    tokenizer: Annotated[
-        Path | None, typer.Option("--tokenizer", help="Folder written by a tokenizer's save_pretrained.")
-    ] = None,
-    no_tokenizer: Annotated[
-        bool, typer.Option("--no-tokenizer", help="Ship no tokenizer: the container's default tokenizer serves it.")
-    ] = False,
-    default_tokenizer: Annotated[
-        Path | None,
-        typer.Option(
-            help="The container's default tokenizer, to test a --no-tokenizer archive (default: "
-            "$MME_DEFAULT_TOKENIZER_DIR)."
-        ),
-    ] = None,
-    labels: Annotated[
-        str | None, typer.Option(help="mme.json labels: class names in output order, comma-separated.")
-    ] = None,
-    max_sequence_length: Annotated[
-        int | None,
-        typer.Option(min=2, help="mme.json max_sequence_length: tokens per text. Default: the signature's, else 128."),
-    ] = None,
-    inputs: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--input",
-            help="mme.json inputs: SIGNATURE_INPUT=TOKENIZER_OUTPUT (input_ids, attention_mask, token_type_ids); "
-            "repeatable.",
-        ),
-    ] = None,
-    output_name: Annotated[
-        str | None,
-        typer.Option(help="mme.json output_name: the signature output to read. Default: logits or the only one."),
-    ] = None,
-    output_kind: Annotated[
-        OutputKind | None,
-        typer.Option(help="mme.json output_kind. Default: probabilities when the graph ends in softmax/sigmoid."),
-    ] = None,
-    response_format: Annotated[
-        ResponseFormat | None,
-        typer.Option(help="mme.json response_format: raw answers the bare output row. Default: prediction."),
-    ] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
-) -> None:
-    """Build a model archive, validate it with the handler's own code (one test prediction), and report what the
-    container will do with it. Fields given here are merged over the source's own mme.json."""
-    from mme.packaging import package_model
-
-    if (saved_model is None) == (source is None):
-        raise _fail("give exactly one of --saved-model (a SavedModel folder) and --from (an archive or model folder)")
-    overrides = Manifest(
-        labels=tuple(label.strip() for label in labels.split(",")) if labels is not None else None,
-        max_sequence_length=max_sequence_length,
-        inputs=_bindings(inputs or []),
-        output_name=output_name,
-        output_kind=output_kind,
-        response_format=response_format,
-    )
-    with _model_errors("packaging"):
-        Manifest.from_json(overrides.to_json())  # the same checks as mme.json, with the same messages
-        report = package_model(
-            source=saved_model or source,  # type: ignore[arg-type]
-            output=output,
-            tokenizer=tokenizer,
-            no_tokenizer=no_tokenizer,
-            default_tokenizer=default_tokenizer,
-            overrides=overrides,
-            overwrite=overwrite,
-        )
-    _print_report(report)
-    typer.echo(f"wrote {output}: valid")
-
-
-@app.command("inspect")
-def inspect(
-    path: Annotated[Path, typer.Argument(help="An archive (.tar.gz), a model folder, or a SavedModel folder.")],
-    default_tokenizer: Annotated[
-        Path | None,
-        typer.Option(
-            help="The container's default tokenizer, for archives that ship none (default: $MME_DEFAULT_TOKENIZER_DIR)."
-        ),
-    ] = None,
-) -> None:
-    """Report what the container will do with a model (inputs and bindings, length, output, labels, a test
-    prediction) without writing anything."""
-    from mme.packaging import inspect_model
-
-    with _model_errors("inspecting"):
-        report = inspect_model(path, default_tokenizer=default_tokenizer)
-    _print_report(report)
 
 
 @app.command("demo")
@@ -236,13 +80,13 @@ def demo(
 
     missing = [name for name in DEMO_SENTENCES if not (models / f"{name}{ARCHIVE_SUFFIX}").is_file()]
     if missing:
-        raise _fail(f"{models} has no {', '.join(missing)}: run `mme demo-models --out {models}` first")
+        raise fail(f"{models} has no {', '.join(missing)}: run `mme demo-models --out {models}` first")
     with tempfile.TemporaryDirectory(prefix="mme-demo-") as work:
         typer.echo(f"starting `mme serve --store {models}` (the container's MMS behind a SageMaker-style front end)")
         try:
             endpoint = ServeProcess(models, tmp_dir=Path(work), cache_dir=cache_dir).start()
         except ContainerError as error:
-            raise _fail(str(error)) from None
+            raise fail(str(error)) from None
         from botocore.exceptions import ClientError
 
         try:
@@ -268,51 +112,10 @@ def demo(
                 f"{endpoint.metric('mme_loaded_models'):.0f} models loaded"
             )
         except ClientError as error:
-            raise _fail(_client_error_message(error)) from None
+            raise fail(error_message(error)) from None
         finally:
             status = endpoint.stop()
         typer.echo(f"stopped (exit status {status})")
-
-
-_SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1000,
-    "kb": 1000,
-    "kib": 1024,
-    "m": 1000**2,
-    "mb": 1000**2,
-    "mib": 1024**2,
-    "g": 1000**3,
-    "gb": 1000**3,
-    "gib": 1024**3,
-    "t": 1000**4,
-    "tb": 1000**4,
-    "tib": 1024**4,
-}
-
-
-def parse_size(text: str) -> int:
-    """Bytes in a size such as ``4GiB``, ``512MB``, ``1.5g`` or ``1000000``.
-
-    Raises:
-        typer.BadParameter: the text is not a positive size.
-    """
-    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
-    unit = match.group(2).lower() if match else ""
-    if not match or unit not in _SIZE_UNITS or float(match.group(1)) <= 0:
-        raise typer.BadParameter(f"{text!r} is not a size: use a number with an optional unit, like 4GiB or 512MB")
-    return int(float(match.group(1)) * _SIZE_UNITS[unit])
-
-
-def _environment_pairs(pairs: list[str]) -> dict[str, str]:
-    environment = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise typer.BadParameter(f"{pair!r} must look like NAME=VALUE")
-        environment[name] = value
-    return environment
 
 
 @app.command("serve")
@@ -367,16 +170,16 @@ def serve(
     # One line per load and unload, with timings, is part of what the command shows.
     logging.getLogger("mme").setLevel(min(logging.getLogger("mme").getEffectiveLevel(), logging.INFO))
     budget = parse_size(memory_budget) if memory_budget is not None else None
-    environment = _environment_pairs(container_env or [])
+    environment = environment_pairs(container_env or [])
     if memory is not None and image is None:
-        raise _fail("--memory limits the image's container: give --image too")
+        raise fail("--memory limits the image's container: give --image too")
     if default_tokenizer is not None:
         # In the image, the folder is mounted where the image keeps its own default tokenizer.
         environment[DEFAULT_TOKENIZER_VARIABLE] = IMAGE_DEFAULT_TOKENIZER if image else str(default_tokenizer.resolve())
     try:
         model_store = open_store(store)
     except StoreError as error:
-        raise _fail(str(error)) from None
+        raise fail(str(error)) from None
     # MMS's worker sockets live in the run folder, and Unix socket paths are short: avoid a long TMPDIR.
     temp_base = tempfile.gettempdir()
     if len(temp_base) > _LONGEST_TEMP_BASE and Path("/tmp").is_dir():  # noqa: S108
@@ -410,9 +213,9 @@ def serve(
                 ),
             )
         except ContainerError as error:
-            raise _fail(f"the model container did not start: {error}") from None
+            raise fail(f"the model container did not start: {error}") from None
         except OSError as error:
-            raise _fail(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+            raise fail(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
 
 
 def _image_container(
@@ -459,7 +262,7 @@ def invoke(
     from mme.serve_process import DUMMY_CREDENTIALS
 
     if (text is None) == (file is None):
-        raise _fail("give exactly one of --text and --file")
+        raise fail("give exactly one of --text and --file")
     if text is not None:
         body, content_type = json.dumps({"input_text": text}).encode(), "application/json"
     else:
@@ -478,20 +281,7 @@ def invoke(
     try:
         answer = client.invoke_endpoint(EndpointName=endpoint, TargetModel=model, ContentType=content_type, Body=body)
     except ClientError as error:
-        raise _fail(_client_error_message(error)) from None
+        raise fail(error_message(error)) from None
     except BotoCoreError as error:
-        raise _fail(str(error)) from None
+        raise fail(str(error)) from None
     typer.echo(answer["Body"].read().decode("utf-8", errors="replace").rstrip("\n"))
-
-
-def main() -> None:
-    """Console entry point."""
-    try:
-        app()
-    except ArchiveError as error:
-        typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
-        raise SystemExit(2) from None
-
-
-if __name__ == "__main__":
-    main()

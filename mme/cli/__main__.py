@@ -1,0 +1,5 @@
+"""``python -m mme.cli``."""
+
+from mme.cli import main
+
+main()

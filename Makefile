@@ -65,3 +65,9 @@ image:
 
 clean:
 	rm -rf build cdk.out .pytest_cache .ruff_cache
+
+## bench-density: memory per loaded model (PSS of the container's processes with 0-8 demo models), written to
+## bench/results/density.{json,md}; `mme cost` sizes instances with it. Needs no other MMS running on the host.
+.PHONY: bench-density
+bench-density: setup $(DEMO_ARCHIVES)
+	$(PY) bench/density.py --models $(DEMO_MODELS)

@@ -1,0 +1,222 @@
+"""How much memory each loaded model costs the container, as the kernel charges it: the figure `mme cost` sizes
+instances with.
+
+The container's own software (``python -m handler.serve`` through :class:`~mme.container.LocalContainer`: the
+entrypoint, MMS's Java front end, one Python worker per model) runs on this host. Copies of the demo archives,
+extracted under different names, are loaded one after another; after the first 1, 2, 4 and 8 models (each loaded
+and invoked once, so its graph is built as a served model's is), the proportional set size (PSS) of every process
+of the container is summed. PSS shares each page among the processes that map it, so TensorFlow's libraries, mapped
+by every worker, count once, as they do in the container's cgroup. The same sum before any load is the base.
+
+The per-model increment is the least-squares slope of the sum over the loaded points; its intercept is the base
+plus what the first model brings that later ones share. Writes ``bench/results/density.json`` and ``density.md``.
+Run with ``make bench-density``. MMS allows one server per host: nothing else may run MMS meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from mme.archive import extract_archive
+from mme.aws.cost import load_density, load_prices
+from mme.container import LocalContainer, processes_under
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TEXT = "the service was slow but the food was wonderful and I loved the dessert"
+BODY = json.dumps({"input_text": TEXT})
+COUNTS = (1, 2, 4, 8)
+_MIB = 1024 * 1024
+#: The load reserve `mme cost` keeps free by default (MME_LOAD_MEMORY_RESERVE_MB, handler/settings.py).
+RESERVE_MB = 300
+
+
+def _role(process: psutil.Process) -> str:
+    cmdline = " ".join(process.cmdline())
+    if "model_service_worker" in cmdline:
+        return "workers"
+    if "com.amazonaws.ml.mms" in cmdline:
+        return "frontend"
+    if "handler.serve" in cmdline:
+        return "entrypoint"
+    return "other"
+
+
+def container_processes(container: LocalContainer) -> list[psutil.Process]:
+    """Every live process of the container: the session its entrypoint started (MMS's Java front end is
+    re-parented to init, but stays in that session), found from the MMS processes under its run folder."""
+    under = processes_under(container.run_dir)
+    if not under:
+        raise RuntimeError(f"no MMS process found under {container.run_dir}")
+    session = os.getsid(under[0].pid)
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if os.getsid(process.pid) == session and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        except (psutil.NoSuchProcess, ProcessLookupError, PermissionError):
+            continue
+    return found
+
+
+def pss_by_role(container: LocalContainer) -> dict[str, int]:
+    """PSS in bytes of the container's processes, summed per role (entrypoint, frontend, workers, other)."""
+    totals = {"entrypoint": 0, "frontend": 0, "workers": 0, "other": 0}
+    for process in container_processes(container):
+        try:
+            totals[_role(process)] += process.memory_full_info().pss
+        except psutil.NoSuchProcess:
+            continue
+    return totals
+
+
+def settled_reading(container: LocalContainer, *, readings: int = 5, pause: float = 1.0) -> dict[str, int]:
+    """The reading (per role and total) with the median total over `readings`, `pause` seconds apart."""
+    taken = []
+    for _ in range(readings):
+        time.sleep(pause)
+        by_role = pss_by_role(container)
+        taken.append({**by_role, "total": sum(by_role.values())})
+    taken.sort(key=lambda reading: reading["total"])
+    return taken[len(taken) // 2]
+
+
+def _checked(status: int, body: bytes, what: str) -> None:
+    if status != 200:
+        raise RuntimeError(f"{what} failed with {status}: {body[:300]!r}")
+
+
+def measure(archives: list[Path], work: Path, counts: tuple[int, ...]) -> tuple[dict[str, int], list[dict[str, int]]]:
+    """The base reading and one reading per count in `counts`, loading copies of `archives` in turn."""
+    copies = []
+    for index in range(max(counts)):
+        archive = archives[index % len(archives)]
+        name = f"{archive.name.removesuffix('.tar.gz')}-{index}"
+        copies.append((name, extract_archive(archive, work / "models" / name)))
+    points = []
+    with LocalContainer(work / "run") as container:
+        base = {"models": 0, **settled_reading(container)}
+        print(f"  0 models: {base['total'] / _MIB:.0f} MiB")
+        loaded = 0
+        for count in counts:
+            while loaded < count:
+                name, folder = copies[loaded]
+                answer = container.client.load(name, folder)
+                _checked(answer.status, answer.body, f"loading {name}")
+                answer = container.client.invoke(name, BODY)
+                _checked(answer.status, answer.body, f"invoking {name}")
+                loaded += 1
+            point = {"models": count, **settled_reading(container)}
+            points.append(point)
+            print(f"  {count} models: {point['total'] / _MIB:.0f} MiB")
+    return base, points
+
+
+def saved_model_bytes(archive: Path, work: Path) -> int:
+    folder = extract_archive(archive, work / "size" / archive.name)
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", type=Path, default=Path("build/demo-models"))
+    args = parser.parse_args()
+    archives = sorted(args.models.glob("*.tar.gz"))
+    if not archives:
+        parser.error(f"no *.tar.gz in {args.models}: run `.venv/bin/mme demo-models --out {args.models}`")
+    leftover = [
+        p.pid for p in psutil.process_iter(["cmdline"]) if "com.amazonaws.ml.mms" in " ".join(p.info["cmdline"] or [])
+    ]
+    if leftover:
+        parser.error(f"an MMS already runs (pids {leftover}): MMS allows one per host; stop it first")
+
+    started = datetime.now(UTC)
+    with tempfile.TemporaryDirectory(prefix="mme-density-") as work_name:
+        work = Path(work_name)
+        sizes = {archive.name: saved_model_bytes(archive, work) for archive in archives}
+        base, points = measure(archives, work, COUNTS)
+
+    fit = statistics.linear_regression([p["models"] for p in points], [p["total"] for p in points])
+    memory = psutil.virtual_memory().total
+    results: dict[str, Any] = {
+        "when": started.isoformat(timespec="seconds"),
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "memory_total_bytes": memory,
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "method": (
+            "host processes of the container's software (LocalContainer: python -m handler.serve, MMS front end, one "
+            "worker per model, SAGEMAKER_MODEL_SERVER_WORKERS=1); copies of the demo archives loaded under "
+            "different names, each invoked once; after 0, 1, 2, 4, 8 models the PSS "
+            "(psutil memory_full_info().pss) of every process in the container's session is summed, the median of "
+            "5 readings 1 s apart; per_model_bytes and intercept_bytes are the least-squares fit over the loaded "
+            "points; base_bytes is the 0-model point"
+        ),
+        "archives": {name: {"unpacked_bytes": size} for name, size in sizes.items()},
+        "workers_per_model": 1,
+        "base_bytes": base["total"],
+        "per_model_bytes": round(fit.slope),
+        "intercept_bytes": round(fit.intercept),
+        "points": [base, *points],
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "density.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / "density.md").write_text(markdown(results))
+    print(f"base {base['total'] / _MIB:.0f} MiB, {fit.slope / _MIB:.0f} MiB per model; written to {RESULTS}")
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The results as Markdown: the points, the fit, and what fits on each instance type of the price table."""
+    machine, points = results["machine"], results["points"]
+    rows = [
+        f"| {p['models']} | {p['total'] / _MIB:.0f} | {p['entrypoint'] / _MIB:.0f} | {p['frontend'] / _MIB:.0f} | "
+        f"{p['workers'] / _MIB:.0f} |"
+        for p in points
+    ]
+    density = load_density(RESULTS / "density.json")
+    fits = [
+        f"| `{t.name}` | {t.memory_gib:g} GiB | {density.models_per_instance(t, reserve_mb=RESERVE_MB)} |"
+        for t in sorted(load_prices().instance_types.values(), key=lambda t: (t.memory_gib, t.usd_per_hour))
+    ]
+    return "\n".join(
+        [
+            f"# Memory per loaded model ({results['when']})",
+            "",
+            f"{machine['cpu_count']} CPUs, {machine['memory_total_bytes'] / 1024**3:.1f} GiB, "
+            f"{machine['platform']}, Python {machine['python']}.",
+            "",
+            f"Method: {results['method']}.",
+            "",
+            "| models loaded | PSS total MiB | entrypoint | MMS front end | workers |",
+            "| ---: | ---: | ---: | ---: | ---: |",
+            *rows,
+            "",
+            f"Base (no model): {results['base_bytes'] / _MIB:.0f} MiB. Per model (least-squares slope over 1-8 "
+            f"models): {results['per_model_bytes'] / _MIB:.0f} MiB; intercept {results['intercept_bytes'] / _MIB:.0f} "
+            "MiB.",
+            "",
+            f"Models that stay loaded per instance (`mme cost`: memory - {density.fixed_bytes / _MIB:.0f} MiB fixed "
+            f"- {RESERVE_MB} MiB load reserve, divided by the per-model increment):",
+            "",
+            "| instance type | memory | models |",
+            "| --- | ---: | ---: |",
+            *fits,
+            "",
+        ]
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -9,8 +9,9 @@ from aws_cdk import CfnOutput, Stack
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
-from mme.aws.names import ENDPOINT_NAME_PARAMETER
+from mme.aws.names import ENDPOINT_NAME_PARAMETER, ENDPOINT_STATE_PARAMETER
 from stacks.endpoint_scaling import EndpointAutoscaling
+from stacks.endpoint_sleep import EndpointSwitch, IdleSleep
 from stacks.model_store import ModelStoreRef
 from stacks.monitoring import EndpointMonitoring
 from stacks.multi_model_endpoint import MultiModelEndpoint
@@ -28,8 +29,11 @@ class EndpointStack(Stack):
         store_stack_name: the stage's `ModelStoreStack`; bucket and key are imported from its exports, so the store
             cannot be deleted while this stack exists (`ModelStoreRef.from_exports`).
 
+    The endpoint, its autoscaling and alarms exist only while the stage's switch says "awake" (`EndpointSwitch`);
+    with `auto_sleep`, `IdleSleep` flips it after `idle_minutes` without invocations.
+
     Outputs `EndpointName` (also SSM `<ssm_prefix>/endpoint-name`, which disappears with the stack so the `mme`
-    CLI can tell a sleeping endpoint from a missing one).
+    CLI can tell a sleeping endpoint from a destroyed stack).
     """
 
     def __init__(
@@ -61,13 +65,32 @@ class EndpointStack(Stack):
         )
         self.autoscaling = EndpointAutoscaling(self, "Autoscaling", endpoint=self.serving, settings=settings)
         self.monitoring = EndpointMonitoring(self, "Monitoring", endpoint=self.serving, settings=settings)
+        # What exists only while the stage is awake; everything else costs nothing per hour and stays.
+        self.switch = EndpointSwitch(
+            self, "Switch", switch_parameter=f"{settings.ssm_prefix}/{ENDPOINT_STATE_PARAMETER}"
+        )
+        self.switch.only_while_awake(
+            self.serving.endpoint,
+            self.autoscaling.release,
+            self.autoscaling.scaling,
+            *self.monitoring.alarms.values(),
+            # It shows the alarms' states and the endpoint's metrics, neither of which exists while asleep.
+            self.monitoring.dashboard,
+        )
+        self.idle_sleep = (
+            IdleSleep(self, "IdleSleep", endpoint=self.serving, switch=self.switch, settings=settings)
+            if settings.auto_sleep
+            else None
+        )
 
-        self.endpoint_name_output = CfnOutput(self, "EndpointName", value=self.serving.endpoint.attr_endpoint_name)
+        # Literal names, not the endpoint's attributes: both stay while the endpoint sleeps.
+        self.endpoint_name_output = CfnOutput(self, "EndpointName", value=self.serving.endpoint_name)
         self.prefix_output = CfnOutput(self, "ModelPrefix", value=settings.model_prefix)
         ssm.StringParameter(
             self,
             "EndpointNameParameter",
             parameter_name=f"{settings.ssm_prefix}/{ENDPOINT_NAME_PARAMETER}",
-            string_value=self.serving.endpoint.attr_endpoint_name,
-            description="Name of this stage's multi-model endpoint (absent while the endpoint stack is destroyed)",
+            string_value=self.serving.endpoint_name,
+            description="Name of this stage's multi-model endpoint (absent while the endpoint stack is destroyed; "
+            "the endpoint itself is absent while the stage sleeps)",
         )

@@ -15,12 +15,14 @@ from aws_cdk import (
     Stack,
     Validations,
 )
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_ssm as ssm
+from aws_cdk import custom_resources as cr
 from constructs import Construct
 
-from mme.aws.names import BUCKET_PARAMETER, KEY_ARN_PARAMETER, MODEL_PREFIX_PARAMETER
+from mme.aws.names import AWAKE, BUCKET_PARAMETER, ENDPOINT_STATE_PARAMETER, KEY_ARN_PARAMETER, MODEL_PREFIX_PARAMETER
 from stacks.settings import StageSettings
 
 #: Logical IDs of the stateful resources. They are pinned (tests/stacks/test_model_store_stack.py) because a new logical
@@ -29,6 +31,8 @@ MODEL_BUCKET_LOGICAL_ID = "ModelBucket"
 #: What is kept when the stack is deleted: everything. "Except on create" so that a create which fails and rolls
 #: back (for example because a destroyed store's retained SSM parameters still exist) leaves no orphan behind.
 STATEFUL_REMOVAL = RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE
+#: Construct id of CDK's singleton provider function behind `AwsCustomResource` (aws-cdk-lib, custom-resources).
+AWS_CUSTOM_RESOURCE_PROVIDER_ID = "AWS679f53fac002430cb0da5b7982bd2287"
 #: What the store stack exports for the endpoint stack (`export_name`).
 BUCKET_NAME_EXPORT = "ModelBucketName"
 KEY_ARN_EXPORT = "ModelStoreKeyArn"
@@ -37,6 +41,8 @@ KEY_ARN_EXPORT = "ModelStoreKeyArn"
 def export_name(store_stack_name: str, value: str) -> str:
     """Name of the store stack's export of `value` (`BUCKET_NAME_EXPORT` | `KEY_ARN_EXPORT`); unique per region."""
     return f"{store_stack_name}:{value}"
+
+
 MODEL_KEY_LOGICAL_ID = "ModelStoreKey"
 ACCESS_LOG_BUCKET_LOGICAL_ID = "AccessLogBucket"
 
@@ -253,3 +259,73 @@ class ModelStoreStack(Stack):
                 description=description,
             )
             parameter.apply_removal_policy(STATEFUL_REMOVAL)
+        self.endpoint_state_parameter = f"{settings.ssm_prefix}/{ENDPOINT_STATE_PARAMETER}"
+        EndpointStateSwitch(self, "EndpointStateSwitch", parameter_name=self.endpoint_state_parameter)
+
+
+class EndpointStateSwitch(Construct):
+    """The stage's sleep switch: an SSM parameter created "awake" if it does not exist yet, never written again by
+    CloudFormation and never deleted (README, "Sleep and wake").
+
+    Not an `AWS::SSM::Parameter`: `mme sleep`/`wake` and idle auto-sleep flip its value, which would show as drift
+    on such a resource, and any later change to the resource's properties would write "awake" back and wake the
+    endpoint on its next deploy. A create-only SDK call (PutParameter without Overwrite) has neither problem. It lives
+    in the store stack because the endpoint stack reads it as a parameter, which must exist before that stack does.
+
+    Props:
+        parameter_name: the SSM parameter, `<ssm_prefix>/endpoint-state`.
+    """
+
+    def __init__(self, scope: Construct, construct_id: str, *, parameter_name: str) -> None:
+        super().__init__(scope, construct_id)
+        stack = Stack.of(self)
+        parameter_arn = stack.format_arn(service="ssm", resource="parameter", resource_name=parameter_name.lstrip("/"))
+        create = cr.AwsSdkCall(
+            service="SSM",
+            action="putParameter",
+            parameters={"Name": parameter_name, "Value": AWAKE, "Type": "String", "Overwrite": False},
+            physical_resource_id=cr.PhysicalResourceId.of(parameter_name),
+            # A stage redeployed after its store stack was deleted keeps its switch as it was.
+            ignore_error_codes_matching="ParameterAlreadyExists",
+        )
+        self.resource = cr.AwsCustomResource(
+            self,
+            "Create",
+            on_create=create,
+            policy=cr.AwsCustomResourcePolicy.from_statements(
+                [iam.PolicyStatement(actions=["ssm:PutParameter"], resources=[parameter_arn])]
+            ),
+            install_latest_aws_sdk=False,  # the runtime's SDK has PutParameter; no download at deploy time
+        )
+        # CDK's one provider function per stack behind every AwsCustomResource (the construct id is CDK's).
+        provider = stack.node.find_child(AWS_CUSTOM_RESOURCE_PROVIDER_ID)
+        Validations.of(provider).acknowledge(
+            Acknowledgment(
+                id="AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+                "AWSLambdaBasicExecutionRole]",
+                reason="CDK's AwsCustomResource provider writes its own logs with the basic execution policy "
+                "(CreateLogGroup/CreateLogStream/PutLogEvents); its only other right is ssm:PutParameter on the "
+                "switch.",
+            )
+        )
+        function = provider.node.find_child("Resource")
+        assert isinstance(function, CfnResource)
+        log_group = provider.node.find_child("LogGroup").node.default_child
+        assert isinstance(log_group, CfnResource)
+        log_group.add_metadata(
+            "checkov",
+            {"skip": [{"id": "CKV_AWS_158", "comment": "CloudWatch Logs encrypts every log group at rest."}]},
+        )
+        # CDK lists the provider's role in DependsOn beside the GetAtt of its ARN.
+        function.add_metadata("cfn-lint", {"config": {"ignore_checks": ["W3005"]}})
+        function.add_metadata(
+            "checkov",
+            {
+                "skip": [
+                    {"id": "CKV_AWS_117", "comment": "Calls SSM only, once per stack create; no VPC needed."},
+                    {"id": "CKV_AWS_116", "comment": "CloudFormation waits for its answer; a DLQ could not give it."},
+                    {"id": "CKV_AWS_115", "comment": "Reserved concurrency fails in accounts with a low quota."},
+                    {"id": "CKV_AWS_173", "comment": "No environment variables hold anything secret."},
+                ]
+            },
+        )

@@ -167,7 +167,8 @@ class MultiModelEndpoint(Construct):
         return cloudwatch.Metric(
             namespace=namespace,
             metric_name=name,
-            dimensions_map={"EndpointName": self.endpoint.attr_endpoint_name, "VariantName": VARIANT_NAME},
+            # The literal name, not the endpoint's attribute: the dashboard outlives a sleeping endpoint.
+            dimensions_map={"EndpointName": self.endpoint_name, "VariantName": VARIANT_NAME},
             statistic=statistic,
         )
 

@@ -153,6 +153,14 @@ class StageSettings:
     scale_in_cooldown_seconds: int = 600
     scale_out_cooldown_seconds: int = 120
 
+    # --- sleep -------------------------------------------------------------------------------------------------
+    #: Put the endpoint to sleep when it has had no invocation for `idle_minutes` (an alarm starts a function that
+    #: does what `mme sleep` does); `mme wake` or `mme invoke --wake` wakes it.
+    auto_sleep: bool = False
+    #: Minutes without an invocation before auto-sleep; a multiple of 5 from 5 to 1440 (CloudWatch evaluates alarms
+    #: over at most a day).
+    idle_minutes: int = 60
+
     # --- container tunables (environment of the model container; see the container's README) -----------------
     server_workers: int = 1
     max_payload_mb: int = 6
@@ -319,6 +327,11 @@ def _validate_stage(s: StageSettings) -> None:
     _check_int(s, "target_invocations_per_instance", 1, 1_000_000)
     _check_int(s, "scale_in_cooldown_seconds", 0, 3600)
     _check_int(s, "scale_out_cooldown_seconds", 0, 3600)
+    if not isinstance(s.auto_sleep, bool):
+        raise _fail(f"{p}.auto_sleep", "true | false", s.auto_sleep)
+    _check_int(s, "idle_minutes", 5, 1440)
+    if s.idle_minutes % 5:
+        raise _fail(f"{p}.idle_minutes", "a multiple of 5 from 5 to 1440", s.idle_minutes)
     _check_int(s, "server_workers", 1, 64)
     _check_int(s, "max_payload_mb", 1, 6)  # SageMaker's own request limit is 6 MB
     _check_int(s, "response_timeout_seconds", 1, 60)  # SageMaker stops waiting after 60 s

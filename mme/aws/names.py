@@ -27,6 +27,12 @@ BUCKET_PARAMETER = "bucket"
 KEY_ARN_PARAMETER = "key-arn"
 MODEL_PREFIX_PARAMETER = "model-prefix"
 ENDPOINT_NAME_PARAMETER = "endpoint-name"
+#: The stage's sleep switch: `AWAKE` or `ASLEEP`. The endpoint stack reads it as an SSM-typed stack parameter on every
+#: create and update, whoever runs it (`cdk deploy`, the pipeline, `mme sleep`/`wake`, idle auto-sleep), so every path
+#: agrees on whether the endpoint should exist.
+ENDPOINT_STATE_PARAMETER = "endpoint-state"
+AWAKE = "awake"
+ASLEEP = "asleep"
 
 
 @dataclass(frozen=True, kw_only=True)

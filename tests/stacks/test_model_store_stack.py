@@ -27,17 +27,58 @@ def test_everything_in_the_store_is_retained_except_after_a_failed_create(dev_st
     # Buckets, key, both bucket policies (a retained bucket must keep refusing plain HTTP) and the SSM parameters
     # (they keep pointing at the retained bucket, and block a new store from silently replacing it). Not retained
     # when their own create fails and rolls back, so that failure leaves nothing behind.
+    stateful = {"AWS::S3::Bucket", "AWS::S3::BucketPolicy", "AWS::KMS::Key", "AWS::SSM::Parameter"}
     resources = dev_store.to_json()["Resources"]
-    assert {r["Type"] for r in resources.values()} == {
-        "AWS::S3::Bucket",
-        "AWS::S3::BucketPolicy",
-        "AWS::KMS::Key",
-        "AWS::SSM::Parameter",
-    }
     assert len(dev_store.find_resources("AWS::S3::BucketPolicy")) == 2
+    assert len(dev_store.find_resources("AWS::SSM::Parameter")) == 3
     for logical_id, resource in resources.items():
-        assert resource["DeletionPolicy"] == "RetainExceptOnCreate", logical_id
-        assert resource["UpdateReplacePolicy"] == "Retain", logical_id
+        if resource["Type"] in stateful:
+            assert resource["DeletionPolicy"] == "RetainExceptOnCreate", logical_id
+            assert resource["UpdateReplacePolicy"] == "Retain", logical_id
+        else:
+            # The sleep switch's creator (CDK's SDK-call function) goes with the stack; the switch it made stays.
+            assert resource["Type"] in {
+                "Custom::AWS",
+                "AWS::Lambda::Function",
+                "AWS::IAM::Role",
+                "AWS::IAM::Policy",
+                "AWS::Logs::LogGroup",
+            }, logical_id
+
+
+def test_the_sleep_switch_is_created_awake_once_and_never_overwritten_or_deleted(dev_store: Template) -> None:
+    (switch,) = dev_store.find_resources("Custom::AWS").values()
+    create = json.loads(_flat_join(switch["Properties"]["Create"]))
+    assert create["service"] == "SSM"
+    assert create["action"] == "putParameter"
+    assert create["parameters"] == {
+        "Name": "/mme/dev/endpoint-state",
+        "Value": "awake",
+        "Type": "String",
+        "Overwrite": False,
+    }
+    assert create["ignoreErrorCodesMatching"] == "ParameterAlreadyExists"
+    assert "Update" not in switch["Properties"]
+    assert "Delete" not in switch["Properties"]
+    statements = [
+        statement
+        for policy in dev_store.find_resources("AWS::IAM::Policy").values()
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+    ]
+    (put,) = statements
+    assert put["Action"] == "ssm:PutParameter"
+    assert put["Resource"] == "arn:aws:ssm:eu-west-1:111111111111:parameter/mme/dev/endpoint-state"
+
+
+def _flat_join(value: object) -> str:
+    """The string an `Fn::Join` of literals and references would produce, references as `<ref>`."""
+    if isinstance(value, str):
+        return value
+    assert isinstance(value, dict)
+    if "Fn::Join" in value:
+        separator, parts = value["Fn::Join"]
+        return separator.join(_flat_join(part) for part in parts)
+    return "<ref>"
 
 
 def test_model_bucket_is_kms_encrypted_versioned_private_and_logged(dev_store: Template) -> None:
@@ -107,10 +148,8 @@ def test_the_endpoint_imports_the_stores_exports_so_the_store_cannot_go_first(
     endpoint_json = json.dumps(dev_endpoint.to_json())
     for export in exports:
         assert json.dumps({"Fn::ImportValue": export}) in endpoint_json
-    # Nothing is read through SSM any more: a parameter would not hold the store in place.
+    # The bucket and key are not read through SSM (a parameter would not hold the store in place): the only SSM
+    # parameters the endpoint stack reads are CDK's bootstrap version and the stage's sleep switch.
     parameters = dev_endpoint.to_json().get("Parameters", {})
-    assert not [
-        p
-        for p in parameters.values()
-        if p["Type"].startswith("AWS::SSM::Parameter::Value") and not p["Default"].startswith("/cdk-bootstrap/")
-    ]
+    ssm_reads = {p["Default"] for p in parameters.values() if p["Type"].startswith("AWS::SSM::Parameter::Value")}
+    assert ssm_reads == {"/cdk-bootstrap/hnb659fds/version", "/mme/dev/endpoint-state"}

@@ -1,0 +1,187 @@
+"""Sleep without drift, in the template: the stage's switch conditions the endpoint and what exists only for it;
+idle auto-sleep is an alarm whose action is a least-privilege function."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aws_cdk.assertions import Template
+from cdk_synth import Synthesized, synth_app
+
+from stacks.endpoint_sleep import IDLE_FUNCTION_FILES
+
+#: What exists only while the stage is awake (by logical-ID prefix), and nothing else.
+ONLY_WHILE_AWAKE = (
+    "ServingEndpoint",  # the endpoint (not ServingEndpointConfig: matched exactly below)
+    "AutoscalingRelease",
+    "AutoscalingScaling",
+    "MonitoringInvocation5XXErrorsAlarm",
+    "MonitoringModelLoadingWaitTimeAlarm",
+    "MonitoringModelUnloadingTimeAlarm",
+    "MonitoringModelCacheHitAlarm",
+    "MonitoringModelLatencyAlarm",
+    "MonitoringOverheadLatencyAlarm",
+    "MonitoringDashboard",
+)
+
+
+def _references(value: Any) -> set[str]:
+    """Logical IDs a template value refers to (Ref, Fn::GetAtt, DependsOn is handled by the caller)."""
+    found: set[str] = set()
+    if isinstance(value, dict):
+        if "Ref" in value and isinstance(value["Ref"], str):
+            found.add(value["Ref"])
+        if "Fn::GetAtt" in value:
+            target = value["Fn::GetAtt"]
+            found.add(target[0] if isinstance(target, list) else str(target).split(".")[0])
+        for item in value.values():
+            found |= _references(item)
+    elif isinstance(value, list):
+        for item in value:
+            found |= _references(item)
+    return found
+
+
+@pytest.fixture(scope="module")
+def idle_stage(tmp_path_factory: pytest.TempPathFactory) -> Synthesized:
+    return synth_app(tmp_path_factory.mktemp("idle"), {"stages": {"dev": {"auto_sleep": True, "idle_minutes": 30}}})
+
+
+@pytest.fixture(scope="module")
+def idle_endpoint(idle_stage: Synthesized) -> Template:
+    return idle_stage.template(idle_stage.stage("dev").endpoint)
+
+
+def test_the_switch_is_an_ssm_typed_parameter_read_on_every_deploy(dev_endpoint: Template) -> None:
+    template = dev_endpoint.to_json()
+    assert template["Parameters"]["EndpointState"] == {
+        "Type": "AWS::SSM::Parameter::Value<String>",
+        "Default": "/mme/dev/endpoint-state",
+        "Description": "SSM parameter holding 'awake' or 'asleep' (mme sleep / mme wake flip it)",
+    }
+    assert template["Conditions"] == {"EndpointAwake": {"Fn::Equals": [{"Ref": "EndpointState"}, "awake"]}}
+
+
+def test_only_the_endpoint_and_what_exists_for_it_sleep(dev_endpoint: Template) -> None:
+    resources = dev_endpoint.to_json()["Resources"]
+    conditioned = {logical_id for logical_id, r in resources.items() if r.get("Condition") == "EndpointAwake"}
+    expected = {
+        logical_id
+        for logical_id in resources
+        for prefix in ONLY_WHILE_AWAKE
+        if logical_id.startswith(prefix) and len(logical_id) == len(prefix) + 8
+    }
+    assert len(expected) == len(ONLY_WHILE_AWAKE)
+    assert conditioned == expected
+    # What stays costs nothing per hour: the model, its config, the role, the logs, the scaling function.
+    kept_types = {r["Type"] for logical_id, r in resources.items() if logical_id not in conditioned}
+    assert {"AWS::SageMaker::Model", "AWS::SageMaker::EndpointConfig", "AWS::Logs::LogGroup"} <= kept_types
+    assert "AWS::SageMaker::Endpoint" not in kept_types
+    assert "AWS::CloudWatch::Alarm" not in kept_types
+
+
+@pytest.mark.parametrize("fixture", ["dev_endpoint", "idle_endpoint"])
+def test_nothing_that_stays_refers_to_what_sleeps(fixture: str, request: pytest.FixtureRequest) -> None:
+    template = request.getfixturevalue(fixture).to_json()
+    resources = template["Resources"]
+    sleeping = {logical_id for logical_id, r in resources.items() if "Condition" in r}
+    for logical_id, resource in resources.items():
+        if "Condition" in resource:
+            continue
+        depends = resource.get("DependsOn", [])
+        refs = _references(resource.get("Properties", {})) | set([depends] if isinstance(depends, str) else depends)
+        assert not refs & sleeping, logical_id
+    for name, output in template.get("Outputs", {}).items():
+        assert not _references(output) & sleeping, name
+
+
+def test_no_idle_sleep_unless_the_stage_asks(dev_endpoint: Template) -> None:
+    alarms = dev_endpoint.find_resources("AWS::CloudWatch::Alarm").values()
+    assert not [a for a in alarms if a["Properties"]["MetricName"] == "Invocations"]
+    assert len(dev_endpoint.find_resources("AWS::Lambda::Function")) == 1  # the scaling function only
+
+
+def test_idle_alarm_fires_after_idle_minutes_without_invocations_and_starts_the_function(
+    idle_endpoint: Template,
+) -> None:
+    resources = idle_endpoint.to_json()["Resources"]
+    ((alarm_id, alarm),) = [
+        (i, r) for i, r in resources.items() if r["Type"] == "AWS::CloudWatch::Alarm" and i.startswith("IdleSleep")
+    ]
+    props = alarm["Properties"]
+    assert props["AlarmName"] == "Mme-dev-Endpoint-idle"
+    assert (props["Namespace"], props["MetricName"], props["Statistic"]) == ("AWS/SageMaker", "Invocations", "Sum")
+    assert {d["Name"]: d["Value"] for d in props["Dimensions"]} == {
+        "EndpointName": "Mme-dev-Endpoint",
+        "VariantName": "AllTraffic",
+    }
+    # 30 minutes = 6 periods of 5 minutes, all of them below one invocation; no datapoint counts as idle.
+    assert (props["Period"], props["EvaluationPeriods"], props["DatapointsToAlarm"]) == (300, 6, 6)
+    assert (props["ComparisonOperator"], props["Threshold"]) == ("LessThanThreshold", 1)
+    assert props["TreatMissingData"] == "breaching"
+    assert alarm["Condition"] == "EndpointAwake"
+    ((function_id, function),) = [
+        (i, r) for i, r in resources.items() if r["Type"] == "AWS::Lambda::Function" and i.startswith("IdleSleep")
+    ]
+    assert props["AlarmActions"] == [{"Fn::GetAtt": [function_id, "Arn"]}]
+    assert function["Properties"]["Handler"] == "mme.aws.idle_sleep.handler"
+    assert function["Properties"]["Environment"]["Variables"] == {
+        "STACK_NAME": "Mme-dev-Endpoint",
+        "SWITCH_PARAMETER": "/mme/dev/endpoint-state",
+        "ENDPOINT_NAME": "Mme-dev-Endpoint",
+    }
+    (permission,) = [r for r in resources.values() if r["Type"] == "AWS::Lambda::Permission"]
+    assert permission["Properties"]["Principal"] == "lambda.alarms.cloudwatch.amazonaws.com"
+    assert permission["Condition"] == "EndpointAwake"
+    assert alarm_id in json.dumps(permission["Properties"]["SourceArn"])
+
+
+def test_the_idle_function_may_update_only_its_stack_and_flip_only_the_switch(idle_endpoint: Template) -> None:
+    statements = {
+        statement["Sid"]: statement
+        for logical_id, policy in idle_endpoint.find_resources("AWS::IAM::Policy").items()
+        if logical_id.startswith("IdleSleep")
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+    }
+    assert set(statements) == {
+        "WriteFunctionLogs",
+        "FlipTheSwitch",
+        "UpdateThisStack",
+        "PassTheDeployRole",
+        "ReadTheEndpoint",
+        "ResetTheIdleAlarm",
+    }
+    flat = {sid: json.dumps(s["Resource"]) for sid, s in statements.items()}
+    assert flat["FlipTheSwitch"].endswith(':parameter/mme/dev/endpoint-state"')
+    assert ":stack/Mme-dev-Endpoint/*" in flat["UpdateThisStack"]
+    assert sorted(statements["UpdateThisStack"]["Action"]) == [
+        "cloudformation:DescribeStacks",
+        "cloudformation:UpdateStack",
+    ]
+    assert ":role/cdk-*-cfn-exec-role-111111111111-eu-west-1" in flat["PassTheDeployRole"]
+    assert statements["PassTheDeployRole"]["Condition"] == {
+        "StringEquals": {"iam:PassedToService": "cloudformation.amazonaws.com"}
+    }
+    assert flat["ReadTheEndpoint"].endswith(':endpoint/mme-dev-endpoint"')
+    assert flat["ResetTheIdleAlarm"].endswith(':alarm:Mme-dev-Endpoint-idle"')
+    for statement in statements.values():
+        assert statement["Resource"] != "*"
+
+
+def test_the_idle_function_ships_only_its_own_modules(idle_stage: Synthesized) -> None:
+    bundles = [path for path in idle_stage.outdir.glob("asset.*") if (path / "mme" / "aws" / "idle_sleep.py").is_file()]
+    assert len(bundles) == 1
+    shipped = sorted(p.relative_to(bundles[0]).as_posix() for p in bundles[0].rglob("*") if p.is_file())
+    assert shipped == sorted(IDLE_FUNCTION_FILES)
+    # And those modules import nothing the Lambda runtime lacks (boto3 and the standard library only).
+    for relative in shipped:
+        source = (bundles[0] / relative).read_text()
+        for line in source.splitlines():
+            if line.startswith(("import ", "from ")) and "mme" not in line:
+                module = line.split()[1].split(".")[0]
+                assert module in {"__future__", "boto3", "botocore", "enum", "logging", "os", "re", "time",
+                                  "collections", "dataclasses", "typing"}, (relative, line)  # fmt: skip
+    assert Path(bundles[0], "mme", "aws", "idle_sleep.py").read_text().count("def handler(") == 1

@@ -353,7 +353,9 @@ def hours_awake_per_month(
     hours = sorted(point["Timestamp"] for point in answer.get("Datapoints", []) if point.get("SampleCount", 0) > 0)
     if not hours:
         return None
-    observed = min(math.ceil((now - hours[0]).total_seconds() / period), int(HOURS_PER_MONTH))
+    # Whole seconds: CloudWatch's timestamps carry milliseconds at most, and a period is a whole number of them.
+    elapsed = int((now - hours[0]).total_seconds())
+    observed = min(-(-elapsed // period), int(HOURS_PER_MONTH))
     observed = max(observed, len(hours))
     awake = HOURS_PER_MONTH * len(hours) / observed
     return awake, (

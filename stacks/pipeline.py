@@ -1,4 +1,4 @@
-"""Self-mutating CDK Pipelines pipeline: source -> synth (setup, tests, cdk synth) -> stages -> smoke test."""
+"""Self-mutating CDK Pipelines pipeline: source -> synth (setup, tests, cdk synth) -> stages -> post-deploy steps."""
 
 from __future__ import annotations
 
@@ -6,32 +6,30 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from aws_cdk import (
-    Acknowledgment,
-    ArnFormat,
-    Duration,
-    Environment,
-    RemovalPolicy,
-    Stack,
-    Token,
-    Validations,
-    pipelines,
-)
+from aws_cdk import Aws, DefaultStackSynthesizer, Duration, Environment, Stack, Token, pipelines
 from aws_cdk import aws_codebuild as codebuild
 from aws_cdk import aws_codepipeline as codepipeline
-from aws_cdk import aws_iam as iam
-from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from stacks.endpoint import nag_resource
-from stacks.model_store import skip_self_logging
-from stacks.settings import PipelineSettings, StageSettings
+from stacks.nag import nag_resource
+from stacks.pipeline_artifacts import ArtifactReplicationStack, ArtifactStore, add_artifact_store
+from stacks.pipeline_policies import (
+    ArtifactGrantTargets,
+    PipelineGrantExplainer,
+    acknowledge_generated_policies,
+    narrow_asset_roles,
+)
+from stacks.pipeline_steps import (
+    StageTarget,
+    role_arn_pattern,
+    smoke_test_step,
+    termination_protection_step,
+)
+from stacks.settings import PipelineSettings, SettingsError, StageSettings
 from stacks.stage import ServingStage
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-#: The smoke test's request: the demo sentiment model's input contract.
-SMOKE_TEST_BODY = '{"input_text": "I love this"}'
 #: Commands of the synth step: exactly what a developer runs (Makefile), then the synth the pipeline deploys.
 SYNTH_COMMANDS = ["make setup", "make test", "npx cdk synth"]
 
@@ -42,34 +40,22 @@ def cdk_cli_version() -> str:
     return str(package["devDependencies"]["aws-cdk"])
 
 
-def smoke_test_commands() -> list[str]:
-    """Shell commands that invoke the endpoint once with `$TARGET_MODEL` and check the answer is JSON.
-
-    They expect the archive `$TARGET_MODEL` to exist under the model prefix (README, "Deploying to AWS"): a missing
-    archive fails the stage with a hint instead of passing without having tested anything.
-    """
-    return [
-        "aws --version",
-        'aws sagemaker-runtime invoke-endpoint --endpoint-name "$ENDPOINT_NAME" --target-model "$TARGET_MODEL"'
-        " --content-type application/json --accept application/json --cli-binary-format raw-in-base64-out"
-        f" --cli-read-timeout 90 --body '{SMOKE_TEST_BODY}' response.json"
-        ' || { echo "Smoke test failed. Is $TARGET_MODEL uploaded under $MODEL_DATA_URL? See the README";'
-        " exit 1; }",
-        "cat response.json",
-        "python3 -c 'import json; json.load(open(\"response.json\"))'",
-    ]
-
-
 class PipelineStack(Stack):
     """The CDK Pipelines pipeline that deploys every stage in order.
 
     Props:
         pipeline: repository, branch and CodeStar connection ARN of the source.
-        stages: stage settings in deployment order; a stage with `require_approval` waits for a manual approval,
-            one with a `smoke_test_target_model` is followed by a smoke test.
+        stages: stage settings in deployment order. A stage may name its own account and/or region; one with
+            `require_approval` waits for a manual approval; after each deploy a step enables termination protection
+            on the stage's protected stacks, and one with a `smoke_test_target_model` is smoke-tested. Both steps
+            act through the stage's post-deploy role (stacks/pipeline_steps.py).
 
-    The artifact bucket is encrypted with a customer-managed, rotated key and logs its access. Self-mutation is
-    on: a push that changes the pipeline updates it first, then redeploys the stages.
+    Artifacts live in stores encrypted with customer-managed, rotated keys, which log their access: this stack's
+    for the pipeline's region, and one `ArtifactReplicationStack` per other stage region (created here, next to
+    this stack, which depends on them). Self-mutation is on: a push that changes the pipeline updates it first,
+    then redeploys the stages.
+
+    Raises `SettingsError` when a stage names an account or region while the pipeline's own is unknown at synth.
     """
 
     def __init__(
@@ -87,43 +73,23 @@ class PipelineStack(Stack):
             description="CDK Pipelines pipeline of the multi-model endpoint",
             **kwargs,  # type: ignore[arg-type]
         )
-        self.artifact_key = kms.Key(
-            self,
-            "ArtifactKey",
-            description="Encrypts the pipeline's artifacts",
-            enable_key_rotation=True,
-            removal_policy=RemovalPolicy.DESTROY,  # artifacts are rebuilt by every run; nothing to keep
-            pending_window=Duration.days(7),
-        )
-        access_logs = s3.Bucket(
-            self,
-            "ArtifactAccessLogs",
-            encryption=s3.BucketEncryption.S3_MANAGED,  # log delivery cannot write to KMS-encrypted buckets
-            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-            enforce_ssl=True,
-            versioned=True,
-            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
-            lifecycle_rules=[
-                s3.LifecycleRule(expiration=Duration.days(90), noncurrent_version_expiration=Duration.days(7))
-            ],
-        )
-        skip_self_logging(access_logs)
-        self.artifact_bucket = s3.Bucket(
-            self,
-            "ArtifactBucket",
-            encryption=s3.BucketEncryption.KMS,
-            encryption_key=self.artifact_key,
-            bucket_key_enabled=True,
-            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-            enforce_ssl=True,
-            versioned=True,  # CodePipeline requires a versioned artifact store
-            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
-            server_access_logs_bucket=access_logs,
-            server_access_logs_prefix="artifacts/",
-            lifecycle_rules=[
-                s3.LifecycleRule(expiration=Duration.days(30), noncurrent_version_expiration=Duration.days(1))
-            ],
-        )
+        self._check_environments(stages)
+        self.artifact_store = add_artifact_store(self, description="Encrypts the pipeline's artifacts")
+        self.artifact_key = self.artifact_store.key
+        self.artifact_bucket = self.artifact_store.bucket
+
+        self.stages: list[ServingStage] = []
+        for settings in stages:
+            # A stage without its own account/region deploys where the pipeline runs.
+            env = Environment(
+                account=settings.account or _resolved_or_none(self.account),
+                region=settings.region or _resolved_or_none(self.region),
+            )
+            stage = ServingStage(
+                self, settings.name.capitalize(), settings=settings, env=env, pipeline_account=self.account
+            )
+            self.stages.append(stage)
+        self.replication_stacks = self._replication_stacks(scope)
 
         source = pipelines.CodePipelineSource.connection(
             pipeline.repository,
@@ -148,36 +114,30 @@ class PipelineStack(Stack):
             primary_output_directory="cdk.out",
             env={"JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"},
         )
+        # CodePipeline takes either one artifact bucket or a bucket per region (this stack's region included).
+        # Every store has a customer-managed key, and CDK's grants to another account's deploy role land in the
+        # policies of the store's bucket and key: what `crossAccountKeys` provides, which only affects the buckets
+        # CDK would create itself (none here).
+        replication: dict[str, s3.IBucket] | None = None
+        if self.replication_stacks:
+            replication = {self.region: self.artifact_bucket}
+            replication.update({s.region: s.store.bucket for s in self.replication_stacks})
         self.pipeline = pipelines.CodePipeline(
             self,
             "Pipeline",
             synth=synth,
-            artifact_bucket=self.artifact_bucket,
+            artifact_bucket=None if replication else self.artifact_bucket,
+            cross_region_replication_buckets=replication,
             pipeline_type=codepipeline.PipelineType.V2,
             self_mutation=True,
             cli_version=cdk_cli_version(),
             code_build_defaults=build_defaults,
-            publish_assets_in_parallel=False,  # one image asset; one CodeBuild project is enough
+            publish_assets_in_parallel=False,  # one project per asset type is enough
         )
+        for stage in self.stages:
+            self._add_stage(stage)
 
-        self.stages: list[ServingStage] = []
-        for settings in stages:
-            # A stage without its own account/region deploys where the pipeline runs.
-            env = Environment(
-                account=settings.account or _resolved_or_none(self.account),
-                region=settings.region or _resolved_or_none(self.region),
-            )
-            stage = ServingStage(self, settings.name.capitalize(), settings=settings, env=env)
-            pre: list[pipelines.Step] = []
-            if settings.require_approval:
-                pre.append(pipelines.ManualApprovalStep(f"Approve{settings.name.capitalize()}"))
-            post: list[pipelines.Step] = []
-            if settings.smoke_test_target_model:
-                post.append(self._smoke_test(stage))
-            self.pipeline.add_stage(stage, pre=pre, post=post)
-            self.stages.append(stage)
-
-        # Build now so the generated CodeBuild projects and roles exist for the acknowledgements below.
+        # Build now so the generated CodeBuild projects and roles exist for what follows.
         self.pipeline.build_pipeline()
         cfn_pipeline = self.pipeline.pipeline.node.default_child
         assert isinstance(cfn_pipeline, codepipeline.CfnPipeline)
@@ -185,126 +145,123 @@ class PipelineStack(Stack):
         # role in DependsOn next to a GetAtt of it; E3703 (a style rule), it builds the deploy-role ARNs with
         # Fn::Join. Scoped to this one resource so the checks still run on everything else.
         cfn_pipeline.add_metadata("cfn-lint", {"config": {"ignore_checks": ["W3005", "E3703"]}})
-        asset_policy = self.pipeline.node.try_find_child("Assets")
-        docker_role = asset_policy.node.try_find_child("DockerRole") if asset_policy else None
-        if docker_role is not None:
-            cfn_policy = docker_role.node.find_child("DefaultPolicy").node.default_child
-            assert isinstance(cfn_policy, iam.CfnPolicy)
-            cfn_policy.add_metadata(
-                "checkov",
-                {
-                    "skip": [
-                        {
-                            "id": "CKV_AWS_111",
-                            "comment": "CDK Pipelines' shared asset-publishing role: codebuild:StartBuild/StopBuild on "
-                            "the asset projects it generates after the role; no data write access.",
-                        }
-                    ]
-                },
-            )
-        self._acknowledge_generated_resources()
+        assets = self.pipeline.node.try_find_child("Assets")
+        if assets is not None:
+            narrow_asset_roles(assets)
+        acknowledge_generated_policies(self.pipeline, self._grant_explainer())
 
-    def _smoke_test(self, stage: ServingStage) -> pipelines.CodeBuildStep:
+    def _check_environments(self, stages: Sequence[StageSettings]) -> None:
+        for settings in stages:
+            for key, own in (("account", self.account), ("region", self.region)):
+                if getattr(settings, key) and Token.is_unresolved(own):
+                    raise SettingsError(
+                        f"context key 'stages.{settings.name}.{key}' is set but the pipeline's own {key} is unknown "
+                        f"at synth; allowed: a {key} only when the pipeline stack has one (run `cdk` with "
+                        "credentials, which set CDK_DEFAULT_ACCOUNT and CDK_DEFAULT_REGION)"
+                    )
+
+    def _target(self, stage: ServingStage) -> StageTarget:
         settings = stage.settings
-        endpoint_stack = stage.endpoint
-        endpoint_arn = Stack.of(self).format_arn(
-            service="sagemaker",
-            resource="endpoint",
-            # Endpoint ARNs are lower-case whatever the endpoint name's case.
-            resource_name=endpoint_stack.serving.endpoint_name.lower(),
-            account=settings.account or None,
-            region=settings.region or None,
-        )
-        return pipelines.CodeBuildStep(
-            f"SmokeTest{settings.name.capitalize()}",
-            env_from_cfn_outputs={
-                "ENDPOINT_NAME": endpoint_stack.endpoint_name_output,
-            },
-            env={
-                "TARGET_MODEL": settings.smoke_test_target_model,
-                "MODEL_DATA_URL": f"s3://<{stage.model_store.stack_name} ModelBucketName>/{settings.model_prefix}",
-            },
-            commands=smoke_test_commands(),
-            role_policy_statements=[
-                iam.PolicyStatement(actions=["sagemaker:InvokeEndpoint"], resources=[endpoint_arn]),
-            ],
-        )
+        region = settings.region or _resolved_or_none(self.region)
+        return StageTarget(account=settings.account or self.account, region=region, partition=self.partition)
 
-    def _acknowledge_generated_resources(self) -> None:
-        """Acknowledge cdk-nag findings on the roles CDK Pipelines generates, which it does not let us scope.
-
-        Applied to the `CodePipeline` construct only, never to this stack: the stage stacks are children of this
-        stack in the construct tree and must not inherit any of these.
-        """
-        artifacts = nag_resource(self, self.artifact_bucket.arn_for_objects("*"))
-        acks = [
-            Acknowledgment(
-                id=f"AwsSolutions-IAM5[{finding}]",
-                reason="CDK Pipelines grants its pipeline, source, build, self-mutation and step roles these "
-                "wildcard actions on this pipeline's own artifact bucket and artifact key only "
-                "(Bucket.grantReadWrite/Key.grantEncryptDecrypt); artifacts have generated keys.",
-            )
-            for finding in (
-                "Action::s3:Abort*",
-                "Action::s3:DeleteObject*",
-                "Action::s3:GetBucket*",
-                "Action::s3:GetObject*",
-                "Action::s3:List*",
-                "Action::kms:GenerateDataKey*",
-                "Action::kms:ReEncrypt*",
-                f"Resource::{artifacts}",
-            )
-        ]
-        for project in self._codebuild_project_refs():
-            log_group = self._nag_arn("logs", "log-group", f"/aws/codebuild/{project}")
-            report_groups = self._nag_arn("codebuild", "report-group", f"{project}-*", "/")
-            acks += [
-                Acknowledgment(
-                    id=f"AwsSolutions-IAM5[Resource::{log_group}:*]",
-                    reason="CodeBuild writes one log stream per build, with a generated name, into this project's "
-                    "own log group.",
-                ),
-                Acknowledgment(
-                    id=f"AwsSolutions-IAM5[Resource::{report_groups}]",
-                    reason="CodeBuild report groups of this project are created per report with the project's "
-                    "name as prefix.",
-                ),
+    def _replication_stacks(self, scope: Construct) -> list[ArtifactReplicationStack]:
+        regions = sorted({s.settings.region for s in self.stages if s.settings.region} - {self.region})
+        stacks = []
+        for region in regions:
+            deploy_roles = [
+                _deploy_role_arn(stack)
+                for stage in self.stages
+                if stage.settings.region == region and stage.settings.account not in ("", self.account)
+                for stack in (stage.model_store, stage.endpoint)
             ]
-        acks += [
-            Acknowledgment(
-                id="AwsSolutions-IAM5[Resource::*]",
-                reason="Generated by CDK Pipelines: self-mutation needs cloudformation:DescribeStacks and "
-                "s3:ListBucket on any stack/bucket the CLI inspects before deploying, and the shared asset role "
-                "starts the asset CodeBuild projects generated after it; none of these grants data access.",
-            ),
-            Acknowledgment(
-                id=f"AwsSolutions-IAM5[Resource::{nag_resource(self, f'arn:*:iam::{self.account}:role/*')}]",
-                reason="Self-mutation assumes the CDK bootstrap deploy/lookup roles; CDK Pipelines restricts this "
-                "statement with an iam:ResourceTag/aws-cdk:bootstrap-role condition.",
-            ),
-            Acknowledgment(
-                id=f"AwsSolutions-IAM5[Resource::{self._nag_arn('logs', 'log-group', '/aws/codebuild/*')}]",
-                reason="The shared asset-publishing role serves CodeBuild projects whose names CDK Pipelines "
-                "generates after this role; it is limited to CodeBuild log groups.",
-            ),
-            Acknowledgment(
-                id=f"AwsSolutions-IAM5[Resource::{self._nag_arn('codebuild', 'report-group', '*', '/')}]",
-                reason="The shared asset-publishing role serves CodeBuild projects whose names CDK Pipelines "
-                "generates after this role; it is limited to CodeBuild report groups.",
-            ),
-        ]
-        Validations.of(self.pipeline).acknowledge(*acks)
+            stacks.append(
+                ArtifactReplicationStack(
+                    scope,
+                    f"{self.node.id}-artifacts-{region}",
+                    pipeline_stack=self,
+                    region=region,
+                    deploy_role_arns=sorted(set(deploy_roles)),
+                )
+            )
+        return stacks
 
-    def _codebuild_project_refs(self) -> list[str]:
-        """`Ref` tokens (project names) of the CodeBuild projects CDK Pipelines generated under the pipeline."""
-        return [child.ref for child in self.pipeline.node.find_all() if isinstance(child, codebuild.CfnProject)]
+    def _add_stage(self, stage: ServingStage) -> None:
+        settings = stage.settings
+        name = settings.name.capitalize()
+        pre: list[pipelines.Step] = []
+        if settings.require_approval:
+            pre.append(pipelines.ManualApprovalStep(f"Approve{name}"))
+        post: list[pipelines.Step] = []
+        role = stage.post_deploy_role
+        assert role is not None  # the pipeline passes pipeline_account
+        target = self._target(stage)
+        protected = [s.stack_name for s in (stage.model_store, stage.endpoint) if s.termination_protection]
+        if protected:
+            post.append(
+                termination_protection_step(
+                    f"ProtectStacks{name}",
+                    target=target,
+                    role=role,
+                    endpoint_stack_name=stage.endpoint.stack_name,
+                    stack_names=protected,
+                )
+            )
+        if settings.smoke_test_target_model:
+            post.append(
+                smoke_test_step(
+                    f"SmokeTest{name}",
+                    target=target,
+                    role=role,
+                    endpoint_stack_name=stage.endpoint.stack_name,
+                    endpoint_name_output=stage.endpoint.endpoint_name_output,
+                    target_model=settings.smoke_test_target_model,
+                    model_data_url=f"s3://<{stage.model_store.stack_name} ModelBucketName>/{settings.model_prefix}",
+                )
+            )
+        self.pipeline.add_stage(stage, pre=pre, post=post)
 
-    def _nag_arn(self, service: str, resource: str, name: str, separator: str = ":") -> str:
-        """An ARN of this stack's account/region as cdk-nag prints it (partition/region/account may be tokens)."""
-        arn_format = ArnFormat.COLON_RESOURCE_NAME if separator == ":" else ArnFormat.SLASH_RESOURCE_NAME
-        return nag_resource(
-            self, self.format_arn(service=service, resource=resource, resource_name=name, arn_format=arn_format)
+    def _grant_explainer(self) -> PipelineGrantExplainer:
+        stores: list[tuple[str, ArtifactStore]] = [(self.region, self.artifact_store)]
+        stores += [(s.region, s.store) for s in self.replication_stacks]
+        buckets: dict[str, str] = {}
+        keys: dict[str, str] = {}
+        aliased_keys: dict[str, str] = {}
+        for region, store in stores:
+            label = f"the artifact bucket of {_describe_region(region)}"
+            buckets[nag_resource(self, store.bucket.bucket_arn)] = label
+            buckets[nag_resource(self, store.bucket.arn_for_objects("*"))] = label
+            if store.alias_name is None:
+                keys[nag_resource(self, store.key.key_arn)] = f"the artifact key of {_describe_region(region)}"
+            else:
+                pattern = Stack.of(store.key).format_arn(service="kms", resource="key", resource_name="*")
+                aliased_keys[nag_resource(self, pattern)] = store.alias_name
+        projects = {
+            nag_resource(self, project.ref): f"the CodeBuild project {project.node.path}"
+            for project in self.pipeline.node.find_all()
+            if isinstance(project, codebuild.CfnProject)
+        }
+        stage_roles = {
+            nag_resource(self, role_arn_pattern(self._target(stage), stage.endpoint.stack_name)): stage.settings.name
+            for stage in self.stages
+        }
+        return PipelineGrantExplainer(
+            artifacts=ArtifactGrantTargets(buckets=buckets, keys=keys, aliased_keys=aliased_keys),
+            projects=projects,
+            account=nag_resource(self, self.account),
+            stage_roles=stage_roles,
         )
+
+
+def _deploy_role_arn(stack: Stack) -> str:
+    """The CDK bootstrap deploy role CDK Pipelines deploys `stack` with (its CloudFormation actions' role)."""
+    synthesizer = stack.synthesizer
+    assert isinstance(synthesizer, DefaultStackSynthesizer), "stage stacks use the default synthesizer"
+    return synthesizer.deploy_role_arn.replace("${AWS::Partition}", Aws.PARTITION)
+
+
+def _describe_region(region: str) -> str:
+    return "the pipeline's region" if Token.is_unresolved(region) else region
 
 
 def _resolved_or_none(value: str) -> str | None:

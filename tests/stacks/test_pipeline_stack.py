@@ -1,4 +1,4 @@
-"""Pipeline: stages in order, synth runs the tests, smoke test scoped to one endpoint, encrypted artifacts."""
+"""Pipeline: stages in order, synth runs the tests, post-deploy steps after every stage, encrypted artifacts."""
 
 from __future__ import annotations
 
@@ -18,12 +18,14 @@ def test_stages_run_in_order(pipeline_template: Template) -> None:
     assert names == ["Source", "Build", "UpdatePipeline", "Assets", "Dev", "Prod"]
 
 
-def test_prod_waits_for_approval_and_each_stage_ends_with_a_smoke_test(pipeline_template: Template) -> None:
+def test_prod_waits_for_approval_and_each_stage_ends_with_its_post_deploy_steps(pipeline_template: Template) -> None:
     stages = {stage["Name"]: stage["Actions"] for stage in _pipeline(pipeline_template)["Stages"]}
     for name, approval_expected in (("Dev", False), ("Prod", True)):
         actions = sorted(stages[name], key=lambda a: a["RunOrder"])
         names = [a["Name"] for a in actions]
-        assert names[-1] == f"SmokeTest{name}", names
+        last_run = max(a["RunOrder"] for a in actions)
+        # Both after the last deploy, side by side: a failed smoke test must not keep the stacks unprotected.
+        assert {a["Name"] for a in actions if a["RunOrder"] == last_run} == {f"ProtectStacks{name}", f"SmokeTest{name}"}
         assert any(n.startswith("Approve") for n in names) is approval_expected
         if approval_expected:
             assert actions[0]["ActionTypeId"]["Category"] == "Approval"
@@ -65,18 +67,32 @@ def test_artifacts_are_encrypted_with_a_rotated_customer_managed_key(pipeline_te
     assert key["Properties"]["EnableKeyRotation"] is True
 
 
-def test_smoke_test_may_invoke_only_its_endpoint(pipeline_template: Template, synthesized: Synthesized) -> None:
-    policies = pipeline_template.find_resources("AWS::IAM::Policy")
-    invoke = [
-        s
-        for p in policies.values()
+def test_only_the_stage_post_deploy_role_may_invoke_and_only_its_endpoint(
+    pipeline_template: Template, synthesized: Synthesized
+) -> None:
+    # The CodeBuild steps in the pipeline's account hold no SageMaker permission; they assume the stage's role.
+    pipeline_actions = [
+        s["Action"]
+        for p in pipeline_template.find_resources("AWS::IAM::Policy").values()
         for s in p["Properties"]["PolicyDocument"]["Statement"]
-        if s["Action"] == "sagemaker:InvokeEndpoint"
     ]
-    assert len(invoke) == 2
-    resources = sorted(str(s["Resource"]) for s in invoke)
-    assert "endpoint/mme-dev-endpoint" in resources[0]
-    assert "endpoint/mme-prod-endpoint" in resources[1]
+    assert not [a for a in pipeline_actions if "sagemaker" in str(a)]
+    for name in ("dev", "prod"):
+        endpoint = synthesized.template(synthesized.stage(name).endpoint)
+        invoke = [
+            s
+            for p in endpoint.find_resources("AWS::IAM::Policy").values()
+            for s in p["Properties"]["PolicyDocument"]["Statement"]
+            if "sagemaker:InvokeEndpoint" in str(s["Action"])
+        ]
+        assert invoke == [
+            {
+                "Action": "sagemaker:InvokeEndpoint",
+                "Effect": "Allow",
+                "Resource": f"arn:aws:sagemaker:eu-west-1:111111111111:endpoint/mme-{name}-endpoint",
+                "Sid": "InvokeTheStageEndpoint",
+            }
+        ]
 
 
 def test_smoke_test_invokes_the_demo_target_model(pipeline_template: Template) -> None:
@@ -93,3 +109,27 @@ def test_smoke_test_invokes_the_demo_target_model(pipeline_template: Template) -
             ),
         },
     )
+
+
+def test_artifact_store_logical_ids_never_change(pipeline_template: Template) -> None:
+    # A new logical ID would create a new bucket and key and leave the old, retained ones behind.
+    resources = pipeline_template.to_json()["Resources"]
+    assert resources["ArtifactKey8D84C5F0"]["Type"] == "AWS::KMS::Key"
+    assert resources["ArtifactBucket7410C9EF"]["Type"] == "AWS::S3::Bucket"
+    assert resources["ArtifactAccessLogsF8325158"]["Type"] == "AWS::S3::Bucket"
+
+
+def test_artifact_key_buckets_and_bucket_policies_are_all_retained(pipeline_template: Template) -> None:
+    # Retaining the buckets (s3.Bucket's default) while destroying the key would leave objects nobody can decrypt;
+    # a retained bucket must also keep refusing plain HTTP. Not retained after a failed create: nothing to keep.
+    resources = pipeline_template.to_json()["Resources"]
+    stateful = {
+        i: r for i, r in resources.items() if r["Type"] in {"AWS::KMS::Key", "AWS::S3::Bucket", "AWS::S3::BucketPolicy"}
+    }
+    assert len(stateful) == 5  # key, two buckets, their two policies
+    for logical_id, resource in stateful.items():
+        assert resource["DeletionPolicy"] == "RetainExceptOnCreate", logical_id
+        assert resource["UpdateReplacePolicy"] == "Retain", logical_id
+    bucket = resources["ArtifactBucket7410C9EF"]["Properties"]
+    (rule,) = bucket["LifecycleConfiguration"]["Rules"]
+    assert rule["ExpirationInDays"] == 30

@@ -226,3 +226,70 @@ def wait_for(
                 f"gave up waiting after {elapsed:.0f} s: the endpoint is {state.describe()}; `mme status` shows more"
             )
         sleep(poll_seconds)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageEndpoint:
+    """One stage's endpoint with the clients to read and change its state: what `mme sleep`/`wake`/`status` and the
+    Python client share."""
+
+    cloudformation: Any
+    ssm: Any
+    sagemaker: Any
+    stack_name: str
+    switch_parameter: str
+    endpoint_name: str
+
+    @classmethod
+    def of(cls, session: Any, *, stack_name: str, switch_parameter: str, endpoint_name: str) -> StageEndpoint:
+        """Clients of the boto3 `session` for the named stack, switch and endpoint."""
+        return cls(
+            cloudformation=session.client("cloudformation"),
+            ssm=session.client("ssm"),
+            sagemaker=session.client("sagemaker"),
+            stack_name=stack_name,
+            switch_parameter=switch_parameter,
+            endpoint_name=endpoint_name,
+        )
+
+    def state(self) -> EndpointState:
+        """The switch, the stack's status and the endpoint's."""
+        return read_state(
+            cloudformation=self.cloudformation,
+            ssm=self.ssm,
+            sagemaker=self.sagemaker,
+            stack_name=self.stack_name,
+            switch_parameter=self.switch_parameter,
+            endpoint_name=self.endpoint_name,
+        )
+
+    def change(
+        self,
+        state: str,
+        *,
+        timeout_seconds: float,
+        on_progress: Callable[[Progress], None] | None = None,
+        poll_seconds: float = 15.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> EndpointState:
+        """Ask for `state` ("awake" | "asleep") unless the stage is there already, and wait until it is."""
+        awake = state == AWAKE
+        current = self.state()
+        done = current.serving if awake else current.asleep
+        if not done and not (current.busy and current.switch == state):
+            request_state(
+                cloudformation=self.cloudformation,
+                ssm=self.ssm,
+                stack_name=self.stack_name,
+                switch_parameter=self.switch_parameter,
+                state=state,
+            )
+        return wait_for(
+            self.state,
+            awake=awake,
+            timeout_seconds=timeout_seconds,
+            typical_seconds=TYPICAL_WAKE_SECONDS if awake else TYPICAL_SLEEP_SECONDS,
+            poll_seconds=poll_seconds,
+            on_progress=on_progress,
+            sleep=sleep,
+        )

@@ -1,4 +1,4 @@
-"""Commands of the local endpoint: demo models, the demo, `mme serve` and `mme invoke`."""
+"""Commands of the local endpoint: demo models, the demo and `mme serve`."""
 
 from __future__ import annotations
 
@@ -239,49 +239,3 @@ def _image_container(
         memory=memory,
         mounts={default_tokenizer: IMAGE_DEFAULT_TOKENIZER} if default_tokenizer else None,
     )
-
-
-@app.command("invoke")
-def invoke(
-    endpoint: Annotated[str, typer.Option("--endpoint", help="EndpointName.")],
-    model: Annotated[str, typer.Option("--model", help="TargetModel: the archive key, e.g. sentiment.tar.gz.")],
-    text: Annotated[str | None, typer.Option(help="One text to classify.")] = None,
-    file: Annotated[
-        Path | None,
-        typer.Option(exists=True, dir_okay=False, help="A request body file (JSON, or JSON Lines if .jsonl)."),
-    ] = None,
-    endpoint_url: Annotated[
-        str | None, typer.Option(help="e.g. http://127.0.0.1:8080 for `mme serve`; default: AWS.")
-    ] = None,
-    region: Annotated[str | None, typer.Option(help="AWS region; default from the AWS configuration.")] = None,
-) -> None:
-    """Invoke a model on an endpoint (local or on AWS) and print the prediction."""
-    import boto3
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    from mme.serve_process import DUMMY_CREDENTIALS
-
-    if (text is None) == (file is None):
-        raise fail("give exactly one of --text and --file")
-    if text is not None:
-        body, content_type = json.dumps({"input_text": text}).encode(), "application/json"
-    else:
-        assert file is not None
-        body = file.read_bytes()
-        content_type = "application/jsonlines" if file.suffix in {".jsonl", ".jsonlines"} else "application/json"
-    session = boto3.session.Session(region_name=region)
-    options: dict[str, object] = {}
-    if endpoint_url is not None:
-        options["endpoint_url"] = endpoint_url
-        if session.get_credentials() is None:
-            options.update(DUMMY_CREDENTIALS)
-        if session.region_name is None:
-            options["region_name"] = "us-east-1"
-    client = session.client("sagemaker-runtime", **options)
-    try:
-        answer = client.invoke_endpoint(EndpointName=endpoint, TargetModel=model, ContentType=content_type, Body=body)
-    except ClientError as error:
-        raise fail(error_message(error)) from None
-    except BotoCoreError as error:
-        raise fail(str(error)) from None
-    typer.echo(answer["Body"].read().decode("utf-8", errors="replace").rstrip("\n"))

@@ -34,14 +34,15 @@ class MotoStage:
     session: Any
     calls: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
-    def client(self, service: str) -> Any:
-        client = self.session.client(service)
-
+    def __post_init__(self) -> None:
+        # On the session, so the clients `mme` makes from it record their requests too.
         def record(params: dict[str, Any], model: Any, **_: Any) -> None:
             self.calls.setdefault(model.name, []).append(params)
 
-        client.meta.events.register("provide-client-params", record)
-        return client
+        self.session.events.register("provide-client-params", record)
+
+    def client(self, service: str) -> Any:
+        return self.session.client(service)
 
     def create_endpoint(self) -> None:
         """What CloudFormation does when the switch turns "awake": create the endpoint (moto: InService at once)."""

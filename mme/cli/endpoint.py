@@ -18,8 +18,9 @@ from mme.cli.output import fail
 from mme.cli.stage_options import OwnerOption, RegionOption, aws_session, deployed_stage
 
 TimeoutOption = Annotated[
-    float, typer.Option(min=60.0, help="Seconds to wait for the stage to get there before giving up.")
+    float, typer.Option(min=1.0, help="Seconds to wait for the stage to get there before giving up.")
 ]
+PollOption = Annotated[float, typer.Option(min=0.1, help="Seconds between two looks at the stage while waiting.")]
 
 
 def _stage_endpoint(session: object, stage: DeployedStage) -> StageEndpoint:
@@ -54,7 +55,7 @@ def _progress_bar(what: str) -> Iterator[Callable[[Progress], None]]:
         bar.update(task, completed=bar.tasks[0].total)
 
 
-def _change(stage_name: str, owner: str, region: str | None, state: str, timeout: float) -> None:
+def _change(stage_name: str, owner: str, region: str | None, state: str, timeout: float, poll: float) -> None:
     session = aws_session(region)
     stage = deployed_stage(session, stage_name, owner)
     endpoint = _stage_endpoint(session, stage)
@@ -64,7 +65,7 @@ def _change(stage_name: str, owner: str, region: str | None, state: str, timeout
         return
     verb = "waking" if state == AWAKE else "putting to sleep"
     with _progress_bar(f"{verb} {stage.endpoint_name}") as show:
-        after = endpoint.change(state, timeout_seconds=timeout, on_progress=show)
+        after = endpoint.change(state, timeout_seconds=timeout, on_progress=show, poll_seconds=poll)
     typer.echo(f"{stage.endpoint_stack}: {after.describe()}")
 
 
@@ -74,10 +75,11 @@ def sleep(
     owner: OwnerOption = "",
     region: RegionOption = None,
     timeout: TimeoutOption = 1800.0,
+    poll: PollOption = 15.0,
 ) -> None:
     """Stop paying for the stage's endpoint: remove it (and its autoscaling and alarms) through its stack, keeping
     the model, its configuration and every model in the store. `mme wake` brings it back."""
-    _change(stage, owner, region, ASLEEP, timeout)
+    _change(stage, owner, region, ASLEEP, timeout, poll)
 
 
 @app.command("wake")
@@ -86,9 +88,10 @@ def wake(
     owner: OwnerOption = "",
     region: RegionOption = None,
     timeout: TimeoutOption = 1800.0,
+    poll: PollOption = 15.0,
 ) -> None:
     """Bring a sleeping stage's endpoint back through its stack and wait until it is in service (minutes)."""
-    _change(stage, owner, region, AWAKE, timeout)
+    _change(stage, owner, region, AWAKE, timeout, poll)
 
 
 @app.command("status")

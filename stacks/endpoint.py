@@ -15,10 +15,7 @@ from stacks.endpoint_sleep import EndpointSwitch, IdleSleep
 from stacks.model_store import ModelStoreRef
 from stacks.monitoring import EndpointMonitoring
 from stacks.multi_model_endpoint import MultiModelEndpoint
-from stacks.nag import nag_resource
 from stacks.settings import StageSettings
-
-__all__ = ["EndpointStack", "nag_resource"]
 
 
 class EndpointStack(Stack):

@@ -217,6 +217,7 @@ class PipelineStack(Stack):
                     endpoint_name_output=stage.endpoint.endpoint_name_output,
                     target_model=settings.smoke_test_target_model,
                     model_data_url=f"s3://<{stage.model_store.stack_name} ModelBucketName>/{settings.model_prefix}",
+                    switch_parameter=stage.endpoint.switch.switch_parameter,
                 )
             )
         self.pipeline.add_stage(stage, pre=pre, post=post)

@@ -20,6 +20,7 @@ from aws_cdk import Acknowledgment, CfnOutput, Stack, Validations, pipelines
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
+from mme.aws.names import ASLEEP
 from stacks.nag import nag_resource
 from stacks.settings import SettingsError
 
@@ -66,6 +67,8 @@ class StagePostDeployRole(Construct):
             it to its two post-deploy CodeBuild roles only (`role_arn_pattern`).
         endpoint_name: the endpoint the smoke test may invoke (sagemaker:InvokeEndpoint on it alone), or None when
             the stage has no smoke test.
+        switch_parameter: the stage's sleep switch, which the smoke test reads (ssm:GetParameter on it alone) to
+            skip a sleeping endpoint; with `endpoint_name`.
         protected_stacks: the stage's stacks with `termination_protection`; the role may enable it on each, and on
             nothing else (cloudformation:UpdateTerminationProtection).
 
@@ -85,6 +88,7 @@ class StagePostDeployRole(Construct):
         *,
         pipeline_account: str,
         endpoint_name: str | None,
+        switch_parameter: str | None = None,
         protected_stacks: Sequence[Stack],
     ) -> None:
         super().__init__(scope, construct_id)
@@ -113,6 +117,18 @@ class StagePostDeployRole(Construct):
                     # Endpoint ARNs are lower-case whatever the endpoint name's case.
                     resources=[
                         scope.format_arn(service="sagemaker", resource="endpoint", resource_name=endpoint_name.lower())
+                    ],
+                )
+            )
+        if endpoint_name is not None and switch_parameter is not None:
+            self.role.add_to_policy(
+                iam.PolicyStatement(
+                    sid="ReadTheSleepSwitch",
+                    actions=["ssm:GetParameter"],
+                    resources=[
+                        scope.format_arn(
+                            service="ssm", resource="parameter", resource_name=switch_parameter.lstrip("/")
+                        )
                     ],
                 )
             )
@@ -180,19 +196,26 @@ def smoke_test_commands(target: StageTarget) -> list[str]:
     """Shell commands that invoke the endpoint once with `$TARGET_MODEL`, in the stage, and check the answer is JSON.
 
     They expect the archive `$TARGET_MODEL` to exist under the model prefix (README, "Deploying to AWS"): a missing
-    archive fails the stage with a hint instead of passing without having tested anything.
+    archive fails the stage with a hint instead of passing without having tested anything. A stage whose switch
+    (`$SWITCH_PARAMETER`) says "asleep" has no endpoint by design: the test is skipped with a line saying so, and the
+    deploy succeeds without waking it. One command, so the skip cannot depend on how CodeBuild runs the next ones.
     """
-    return [
-        "aws --version",
-        *assume_stage_role_commands(target),
+    invoke = (
         f"aws sagemaker-runtime invoke-endpoint --profile {STAGE_PROFILE} --region {target.region_argument}"
         ' --endpoint-name "$ENDPOINT_NAME" --target-model "$TARGET_MODEL"'
         " --content-type application/json --accept application/json --cli-binary-format raw-in-base64-out"
         f" --cli-read-timeout 90 --body '{SMOKE_TEST_BODY}' response.json"
         ' || { echo "Smoke test failed. Is $TARGET_MODEL uploaded under $MODEL_DATA_URL? See the README";'
-        " exit 1; }",
-        "cat response.json",
-        "python3 -c 'import json; json.load(open(\"response.json\"))'",
+        " exit 1; }"
+    )
+    check = "cat response.json && python3 -c 'import json; json.load(open(\"response.json\"))'"
+    return [
+        "aws --version",
+        *assume_stage_role_commands(target),
+        f"STATE=$(aws ssm get-parameter --profile {STAGE_PROFILE} --region {target.region_argument}"
+        ' --name "$SWITCH_PARAMETER" --query Parameter.Value --output text)'
+        f' && if [ "$STATE" = {ASLEEP} ]; then echo "The stage sleeps ($SWITCH_PARAMETER is {ASLEEP}): no endpoint'
+        f' to test, smoke test skipped; mme wake wakes it"; else {{ {invoke}; }} && {check}; fi',
     ]
 
 
@@ -218,12 +241,13 @@ def smoke_test_step(
     endpoint_name_output: CfnOutput,
     target_model: str,
     model_data_url: str,
+    switch_parameter: str,
 ) -> pipelines.CodeBuildStep:
-    """The post-deploy step that invokes the stage's endpoint through `role`."""
+    """The post-deploy step that invokes the stage's endpoint through `role` (skipped while the stage sleeps)."""
     return pipelines.CodeBuildStep(
         step_id,
         env_from_cfn_outputs={"ENDPOINT_NAME": endpoint_name_output, "STAGE_ROLE_ARN": role.arn_output},
-        env={"TARGET_MODEL": target_model, "MODEL_DATA_URL": model_data_url},
+        env={"TARGET_MODEL": target_model, "MODEL_DATA_URL": model_data_url, "SWITCH_PARAMETER": switch_parameter},
         commands=smoke_test_commands(target),
         role_policy_statements=[_assume(target, endpoint_stack_name)],
     )

@@ -51,5 +51,6 @@ class ServingStage(Stage):
                 "PostDeployRole",
                 pipeline_account=pipeline_account,
                 endpoint_name=self.endpoint.serving.endpoint_name if settings.smoke_test_target_model else None,
+                switch_parameter=self.endpoint.switch.switch_parameter,
                 protected_stacks=[s for s in (self.model_store, self.endpoint) if s.termination_protection],
             )

@@ -214,8 +214,17 @@ def test_the_smoke_test_assumes_prods_post_deploy_role_and_invokes_in_prods_regi
     assert "aws configure set credential_source EcsContainer --profile stage" in commands
     (invoke,) = [c for c in commands if "invoke-endpoint" in c]
     assert f"--profile stage --region {case.region} " in invoke
+    # A sleeping stage has no endpoint: the same command reads the switch first and skips, so the deploy succeeds
+    # and nothing wakes it.
+    assert invoke.startswith(
+        f'STATE=$(aws ssm get-parameter --profile stage --region {case.region} --name "$SWITCH_PARAMETER"'
+    )
+    assert '&& if [ "$STATE" = asleep ]; then echo "The stage sleeps' in invoke
+    assert invoke.index("smoke test skipped") < invoke.index("; else {") < invoke.index("invoke-endpoint")
     env = {v["name"]: v["value"] for v in json.loads(smoke["Configuration"]["EnvironmentVariables"])}
     assert env["STAGE_ROLE_ARN"].endswith(".PostDeployRoleArn}")
+    project_env = {v["Name"]: v["Value"] for v in project["Properties"]["Environment"]["EnvironmentVariables"]}
+    assert project_env["SWITCH_PARAMETER"] == "/mme/prod/endpoint-state"
     # The step's own role may assume prod's post-deploy role and nothing else.
     statements = _role_statements(pipeline, project["Properties"]["ServiceRole"])
     assume = [s for s in statements if "sts:AssumeRole" in _as_list(s["Action"])]
@@ -228,7 +237,9 @@ def test_the_smoke_test_assumes_prods_post_deploy_role_and_invokes_in_prods_regi
     ]
 
 
-def test_prods_post_deploy_role_trusts_the_pipeline_account_and_only_invokes_and_protects(case: Case) -> None:
+def test_prods_post_deploy_role_trusts_the_pipeline_account_and_only_invokes_reads_the_switch_and_protects(
+    case: Case,
+) -> None:
     endpoint = case.prod_endpoint()
     role = endpoint["Resources"]["PostDeployRole"]
     assert role["Type"] == "AWS::IAM::Role"
@@ -248,6 +259,13 @@ def test_prods_post_deploy_role_trusts_the_pipeline_account_and_only_invokes_and
             "Effect": "Allow",
             "Resource": f"arn:aws:sagemaker:{arn}:endpoint/mme-prod-endpoint",
             "Sid": "InvokeTheStageEndpoint",
+        },
+        {
+            # The smoke test skips a sleeping stage; it may read the switch and nothing else in SSM.
+            "Action": "ssm:GetParameter",
+            "Effect": "Allow",
+            "Resource": f"arn:aws:ssm:{arn}:parameter/mme/prod/endpoint-state",
+            "Sid": "ReadTheSleepSwitch",
         },
         {
             "Action": "cloudformation:UpdateTerminationProtection",

@@ -1,4 +1,4 @@
-"""Commands on model archives: package and inspect them."""
+"""Commands on model archives: package and inspect them; upload them to a stage's model store."""
 
 from __future__ import annotations
 
@@ -6,17 +6,32 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.console import Console
+from rich.filesize import decimal
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 from handler.errors import HandlerError
 from handler.manifest import Manifest, OutputKind, ResponseFormat
 from mme.archive import ArchiveError
 from mme.cli import app
 from mme.cli.output import fail
+from mme.cli.stage_options import OwnerOption, RegionOption, aws_session, deployed_stage
 
 if TYPE_CHECKING:
+    from mme.aws.model_prefix import ModelPrefix
+    from mme.aws.stage import DeployedStage
+    from mme.aws.upload import UploadStart
     from mme.packaging import ModelReport
 
 
@@ -164,3 +179,125 @@ def inspect(
     with _model_errors("inspecting"):
         report = inspect_model(path, default_tokenizer=default_tokenizer)
     _print_report(report)
+
+
+# --- archives in a stage's model store: upload ------------------------------------------------------------------
+
+StageChoice = Annotated[
+    str, typer.Option("--stage", help="Stage whose model store to use (from its SSM parameters), e.g. dev.")
+]
+BucketOption = Annotated[str | None, typer.Option("--bucket", help="Instead of --stage: the bucket; with --prefix.")]
+PrefixOption = Annotated[
+    str | None, typer.Option("--prefix", help="Instead of --stage: the model prefix in --bucket, e.g. models/.")
+]
+
+
+def _model_prefix(
+    *, stage: str, owner: str, bucket: str | None, prefix: str | None, region: str | None
+) -> tuple[Any, ModelPrefix, DeployedStage | None]:
+    """The boto3 session and the model prefix named by ``--stage [--owner]`` or ``--bucket --prefix``."""
+    from mme.aws.model_prefix import ModelPrefix
+
+    by_bucket = [value for value in (bucket, prefix) if value is not None]
+    if bool(stage) == bool(by_bucket) or len(by_bucket) == 1:
+        raise fail(
+            "give either --stage (with --owner for a direct deploy) or both --bucket and --prefix, to say which "
+            "model store to use"
+        )
+    session = aws_session(region)
+    if stage:
+        deployed = deployed_stage(session, stage, owner)
+        return session, ModelPrefix.of(deployed.bucket, deployed.model_prefix), deployed
+    try:
+        return session, ModelPrefix.of(str(bucket), str(prefix)), None
+    except ValueError as error:
+        raise fail(f"--bucket/--prefix: {error}") from None
+
+
+class _ProgressBar:
+    """`mme.aws.upload.UploadProgress` as a rich progress bar on stderr."""
+
+    def __init__(self, progress: Progress, description: str) -> None:
+        self._progress = progress
+        self._description = description
+        self._task: TaskID | None = None
+
+    def started(self, start: UploadStart) -> None:
+        if start.aborted_stale_upload:
+            self._progress.console.print("an unfinished upload of another file to this key was aborted")
+        if start.reused_parts:
+            self._progress.console.print(
+                f"resuming: {start.reused_parts} of {start.parts} parts ({decimal(start.reused_bytes)}) are in S3"
+            )
+        self._task = self._progress.add_task(self._description, total=start.total_bytes, completed=start.reused_bytes)
+
+    def sent(self, size: int) -> None:
+        assert self._task is not None
+        self._progress.advance(self._task, size)
+
+
+def _upload_progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
+
+
+@app.command("upload")
+def upload(
+    archive: Annotated[Path, typer.Argument(help="The model archive (<model>.tar.gz) to upload.")],
+    key: Annotated[
+        str | None,
+        typer.Option(
+            "--key",
+            help="TargetModel: the key under the model prefix, NAME.tar.gz (default: the archive's file name). "
+            "Keys are never overwritten: a new version gets a new key.",
+        ),
+    ] = None,
+    stage: StageChoice = "",
+    owner: OwnerOption = "",
+    bucket: BucketOption = None,
+    prefix: PrefixOption = None,
+    region: RegionOption = None,
+    default_tokenizer: Annotated[
+        Path | None,
+        typer.Option(
+            help="The container's default tokenizer, to test archives that ship none (default: "
+            "$MME_DEFAULT_TOKENIZER_DIR)."
+        ),
+    ] = None,
+) -> None:
+    """Validate a model archive with the handler (one test prediction, as `mme package`), then upload it under a new
+    key of a stage's model prefix: never over an existing key, resumable, SHA-256 checked end to end."""
+    from mme.aws.model_prefix import s3_client
+    from mme.aws.upload import plan_upload, upload_archive
+    from mme.packaging import inspect_model
+
+    session, destination, deployed = _model_prefix(
+        stage=stage, owner=owner, bucket=bucket, prefix=prefix, region=region
+    )
+    s3 = s3_client(session)
+    plan = plan_upload(s3, archive, destination, key)
+    with _model_errors("inspecting"):
+        report = inspect_model(archive, default_tokenizer=default_tokenizer)
+    _print_report(report)
+    if report.prediction is None:
+        raise fail(f"{archive} is not uploaded: it could not be tested: {report.no_prediction_reason}")
+    try:
+        with _upload_progress() as progress:
+            result = upload_archive(s3, plan, _ProgressBar(progress, f"uploading {plan.target_model}"))
+    except KeyboardInterrupt:
+        typer.secho("interrupted: the parts already sent stay in S3; run the same command again to resume", err=True)
+        raise typer.Exit(code=130) from None
+    parts = f"{result.parts} parts, {result.reused_parts} resumed" if result.parts > 1 else "1 part"
+    typer.echo(f"uploaded {result.uri} ({decimal(result.size)}, {parts}); SHA-256 {result.sha256} verified")
+    typer.echo(f"TargetModel: {result.target_model}")
+    endpoint = deployed.endpoint_name if deployed is not None and deployed.endpoint_name else "ENDPOINT_NAME"
+    typer.echo(
+        f"invoke it:   mme invoke --endpoint {endpoint} --model {result.target_model} --text 'a short sentence' "
+        f"--region {session.region_name}"
+    )

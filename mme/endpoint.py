@@ -3,6 +3,12 @@
 An aiohttp server plays SageMaker's multi-model front end; behind it the container's own software (MMS through
 the image's ``serve`` entrypoint) runs as a supervised child on a private loopback port. An unmodified boto3
 ``sagemaker-runtime`` client with ``endpoint_url`` pointed here gets the same answers and exception classes as on AWS.
+
+Routes: SageMaker's ``POST /endpoints/{name}/invocations`` and ``GET /ping``; besides them, ``GET /metrics``
+(Prometheus) and ``GET /models`` (read-only, for ``mme models``): every archive in the store and whether it is loaded,
+``{"models": [{"target_model": "sentiment.tar.gz", "size": 401833, "last_modified": "2026-01-02T03:04:05+00:00",
+"loaded": true}, ...]}`` sorted by ``target_model``. A loaded model the store no longer holds is listed with ``null``
+size and date; a store that cannot be listed answers 502 with ``{"message": ...}``.
 """
 
 from __future__ import annotations
@@ -15,11 +21,15 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from aiohttp import web
+from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from mme import MmeError
+from mme.aws.model_listing import StoredModel, list_store
 from mme.container import LocalContainer
 from mme.errors import ModelError, SageMakerError, ServiceUnavailableError, ValidationError
 from mme.metrics import EndpointMetrics
@@ -33,6 +43,10 @@ CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 INVOKED_VARIANT = "x-Amzn-Invoked-Production-Variant"
 MAX_PAYLOAD_BYTES = 6 * 1024 * 1024  # SageMaker's limit for a real-time invocation
 _SUPERVISE_EVERY_SECONDS = 1.0
+
+
+class EndpointListingError(MmeError):
+    """A local endpoint's ``GET /models`` cannot be read; the message says why and what to check."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,6 +106,7 @@ class LocalEndpoint:
         app.router.add_post("/endpoints/{endpoint_name}/invocations", self.invoke)
         app.router.add_get("/ping", self.ping)
         app.router.add_get("/metrics", self.prometheus)
+        app.router.add_get("/models", self.list_models)
         app.cleanup_ctx.append(self._lifecycle)
         return app
 
@@ -136,6 +151,27 @@ class LocalEndpoint:
 
     async def prometheus(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        """``GET /models``: the store's archives and which are loaded (the module docstring shows the answer)."""
+        loaded = self.cache.loaded
+        try:
+            stored = await asyncio.to_thread(list_store, self.config.store)
+        except (MmeError, ClientError, BotoCoreError) as error:
+            return web.json_response({"message": f"cannot list {self.config.store.uri}: {error}"}, status=502)
+        models = {model.target_model: model for model in stored}
+        for key in loaded.keys() - models.keys():
+            models[key] = StoredModel(target_model=key, size=None, last_modified=None)
+        listing = [
+            {
+                "target_model": model.target_model,
+                "size": model.size,
+                "last_modified": model.last_modified.isoformat() if model.last_modified else None,
+                "loaded": model.target_model in loaded,
+            }
+            for model in sorted(models.values(), key=lambda model: model.target_model)
+        ]
+        return web.json_response({"models": listing})
 
     async def invoke(self, request: web.Request) -> web.Response:
         """``InvokeEndpoint``: resolve TargetModel, load it if needed, forward the request to the container."""
@@ -233,3 +269,39 @@ def run_endpoint(
         OSError: the address cannot be bound (the container is stopped again first).
     """
     asyncio.run(_serve(config, host, port, on_ready))
+
+
+def endpoint_models(url: str, *, timeout: float = 30.0) -> list[StoredModel]:
+    """What the local endpoint at `url` (``mme serve``) lists on ``GET /models``, with the loaded flags.
+
+    Raises:
+        EndpointListingError: nothing answers at `url`, or it does not list models.
+    """
+    import requests
+
+    listing = url.rstrip("/") + "/models"
+    try:
+        response = requests.get(listing, timeout=timeout)
+    except requests.RequestException as error:
+        raise EndpointListingError(
+            f"no endpoint answers at {url} ({type(error).__name__}): start one with `mme serve --store ...`, or check "
+            "--endpoint-url"
+        ) from None
+    if response.status_code == 404:
+        raise EndpointListingError(
+            f"{listing} does not exist (HTTP 404): --endpoint-url must be a local endpoint started by `mme serve`"
+        )
+    if not response.ok:
+        raise EndpointListingError(f"{listing} answered HTTP {response.status_code}: {response.text[:300]}")
+    try:
+        return [
+            StoredModel(
+                target_model=str(item["target_model"]),
+                size=item["size"],
+                last_modified=datetime.fromisoformat(item["last_modified"]) if item["last_modified"] else None,
+                loaded=bool(item["loaded"]),
+            )
+            for item in response.json()["models"]
+        ]
+    except (ValueError, KeyError, TypeError):
+        raise EndpointListingError(f"{listing} answered no model listing: {response.text[:300]}") from None

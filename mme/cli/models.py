@@ -1,10 +1,11 @@
-"""Commands on model archives: package and inspect them; upload them to a stage's model store."""
+"""Commands on model archives: package and inspect them; upload them to a stage's model store and list it."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -181,7 +182,7 @@ def inspect(
     _print_report(report)
 
 
-# --- archives in a stage's model store: upload ------------------------------------------------------------------
+# --- archives in a stage's model store: upload and list -------------------------------------------------------------
 
 StageChoice = Annotated[
     str, typer.Option("--stage", help="Stage whose model store to use (from its SSM parameters), e.g. dev.")
@@ -301,3 +302,59 @@ def upload(
         f"invoke it:   mme invoke --endpoint {endpoint} --model {result.target_model} --text 'a short sentence' "
         f"--region {session.region_name}"
     )
+
+
+def _table(rows: list[tuple[str, ...]], *, right: frozenset[int] = frozenset()) -> list[str]:
+    """Rows as aligned columns (two spaces apart); the columns numbered in `right` are right-aligned."""
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    return [
+        "  ".join(
+            cell.rjust(width) if column in right else cell.ljust(width)
+            for column, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    ]
+
+
+@app.command("models")
+def list_models(
+    stage: StageChoice = "",
+    owner: OwnerOption = "",
+    bucket: BucketOption = None,
+    prefix: PrefixOption = None,
+    endpoint_url: Annotated[
+        str | None,
+        typer.Option(help="Instead: a local endpoint (`mme serve`), e.g. http://127.0.0.1:8080; shows what is loaded."),
+    ] = None,
+    region: RegionOption = None,
+) -> None:
+    """List the model archives under a stage's model prefix: TargetModel, size and date, sorted by TargetModel (with
+    --endpoint-url, a local endpoint's store and which archives it has loaded)."""
+    if endpoint_url is not None:
+        from mme.endpoint import endpoint_models
+
+        if stage or bucket is not None or prefix is not None:
+            raise fail("give --endpoint-url alone, or --stage, or --bucket and --prefix: one place to list")
+        where, models = endpoint_url, endpoint_models(endpoint_url)
+    else:
+        from mme.aws.model_listing import list_prefix
+        from mme.aws.model_prefix import s3_client
+
+        session, location, _ = _model_prefix(stage=stage, owner=owner, bucket=bucket, prefix=prefix, region=region)
+        where, models = location.uri(), list_prefix(s3_client(session), location)
+    if not models:
+        typer.echo(f"{where}: no model archives (*.tar.gz); add one with `mme upload ARCHIVE`")
+        return
+    header: tuple[str, ...] = ("TARGETMODEL", "SIZE", "LAST MODIFIED (UTC)")
+    with_loaded = endpoint_url is not None
+    rows = [header + (("LOADED",) if with_loaded else ())]
+    for model in models:
+        row: tuple[str, ...] = (
+            model.target_model,
+            decimal(model.size) if model.size is not None else "-",
+            f"{model.last_modified.astimezone(UTC):%Y-%m-%d %H:%M:%S}" if model.last_modified else "-",
+        )
+        rows.append(row + (("yes" if model.loaded else "no",) if with_loaded else ()))
+    typer.echo(f"{where}: {len(models)} model archive{'s' if len(models) != 1 else ''}")
+    for line in _table(rows, right=frozenset({1})):
+        typer.echo(line)

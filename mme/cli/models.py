@@ -65,23 +65,6 @@ def _print_report(report: ModelReport) -> None:
         typer.echo(line)
 
 
-@contextmanager
-def _model_errors(action: str) -> Iterator[None]:
-    """Turn every failure of reading a model into a CLI error of a few lines; ``-v`` logs the traceback."""
-    try:
-        yield
-    except (ArchiveError, HandlerError) as error:
-        raise fail(str(error)) from None
-    except Exception as error:  # TensorFlow or transformers failing in a way the handler does not name
-        logging.getLogger("mme").info("%s failed", action, exc_info=True)
-        raise fail(f"{action} failed unexpectedly: {type(error).__name__}: {error} (-v shows where)") from None
-
-
-def _print_report(report: ModelReport) -> None:
-    for line in report.lines():
-        typer.echo(line)
-
-
 @app.command("package")
 def package(
     output: Annotated[Path, typer.Option("--output", "-o", help="Archive to write: <model>.tar.gz (a new key).")],

@@ -11,7 +11,7 @@ from constructs import Construct
 
 from mme.aws.names import ENDPOINT_NAME_PARAMETER, ENDPOINT_STATE_PARAMETER
 from stacks.endpoint_scaling import EndpointAutoscaling
-from stacks.endpoint_sleep import EndpointSwitch, IdleSleep
+from stacks.endpoint_sleep import AwakeSchedule, EndpointSwitch, IdleSleep
 from stacks.model_store import ModelStoreRef
 from stacks.monitoring import EndpointMonitoring
 from stacks.multi_model_endpoint import MultiModelEndpoint
@@ -77,6 +77,11 @@ class EndpointStack(Stack):
         self.idle_sleep = (
             IdleSleep(self, "IdleSleep", endpoint=self.serving, switch=self.switch, settings=settings)
             if settings.auto_sleep
+            else None
+        )
+        self.awake_schedule = (
+            AwakeSchedule(self, "AwakeSchedule", switch=self.switch, settings=settings)
+            if settings.wake_schedule
             else None
         )
 

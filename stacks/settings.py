@@ -41,6 +41,8 @@ JVM_HEAP_PATTERN = re.compile(r"^[1-9][0-9]*[kKmMgG]$")
 PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*/$")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MODEL_CACHE_SETTINGS = ("Enabled", "Disabled")
+SCHEDULE_PATTERN = re.compile(r"^((cron|at)\([^()]+\))?\Z")
+TIMEZONE_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*\Z")
 #: The retention periods CloudWatch Logs accepts (PutRetentionPolicy).
 LOG_RETENTION_DAYS = (
     1,
@@ -160,6 +162,14 @@ class StageSettings:
     #: Minutes without an invocation before auto-sleep; a multiple of 5 from 5 to 1440 (CloudWatch evaluates alarms
     #: over at most a day).
     idle_minutes: int = 60
+    #: Keep the endpoint awake on a schedule: EventBridge Scheduler expressions ("cron(...)" or "at(...)") for the
+    #: wake and the sleep, e.g. "cron(0 8 ? * MON-FRI *)" and "cron(0 19 ? * MON-FRI *)", in `schedule_timezone`.
+    #: Both or neither ("" = no schedule). Between a scheduled wake and the next scheduled sleep, idle auto-sleep
+    #: leaves the endpoint alone.
+    wake_schedule: str = ""
+    sleep_schedule: str = ""
+    #: IANA time zone of the schedule, e.g. "Europe/Berlin".
+    schedule_timezone: str = "UTC"
 
     # --- container tunables (environment of the model container; see the container's README) -----------------
     server_workers: int = 1
@@ -330,6 +340,16 @@ def _validate_stage(s: StageSettings) -> None:
     if not isinstance(s.auto_sleep, bool):
         raise _fail(f"{p}.auto_sleep", "true | false", s.auto_sleep)
     _check_int(s, "idle_minutes", 5, 1440)
+    for key in ("wake_schedule", "sleep_schedule"):
+        _check_match(
+            s, key, SCHEDULE_PATTERN, '"" or an EventBridge Scheduler expression such as "cron(0 8 ? * MON-FRI *)"'
+        )
+    if bool(s.wake_schedule) != bool(s.sleep_schedule):
+        raise SettingsError(
+            f"context keys {p}.wake_schedule ({s.wake_schedule!r}) and {p}.sleep_schedule ({s.sleep_schedule!r}): "
+            "allowed: both (a schedule that wakes and one that sleeps) or neither"
+        )
+    _check_match(s, "schedule_timezone", TIMEZONE_PATTERN, 'an IANA time zone such as "UTC" or "Europe/Berlin"')
     if s.idle_minutes % 5:
         raise _fail(f"{p}.idle_minutes", "a multiple of 5 from 5 to 1440", s.idle_minutes)
     _check_int(s, "server_workers", 1, 64)

@@ -6,7 +6,10 @@ as `mme sleep` (`mme.aws.endpoint_state`), and never one whose stack is being up
 service: then it resets the alarm to OK, so CloudWatch raises it again after another idle period and the function
 looks again.
 
-Environment: `STACK_NAME`, `SWITCH_PARAMETER`, `ENDPOINT_NAME` (set by the stack).
+A stage kept awake by its wake schedule (`keep-awake` is "true", between the scheduled wake and sleep) is left alone
+too, the same way.
+
+Environment: `STACK_NAME`, `SWITCH_PARAMETER`, `KEEP_AWAKE_PARAMETER`, `ENDPOINT_NAME` (set by the stack).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class Decision(enum.StrEnum):
     SLEPT = "slept"
     ALREADY_ASLEEP = "already asleep"
     NOT_NOW = "not now"  # the stack is updating or the endpoint is not in service; the alarm was reset
+    KEPT_AWAKE = "kept awake"  # the wake schedule keeps it awake now; the alarm was reset
     IGNORED = "ignored"  # not an ALARM state change
 
 
@@ -48,6 +52,7 @@ def decide(
     cloudwatch: Any,
     stack_name: str,
     switch_parameter: str,
+    keep_awake_parameter: str,
     endpoint_name: str,
 ) -> Decision:
     """Handle one CloudWatch alarm event (the Lambda alarm action's payload) with the given boto3 clients."""
@@ -63,6 +68,9 @@ def decide(
     )
     if state.switch == ASLEEP:
         return Decision.ALREADY_ASLEEP
+    if _kept_awake(ssm, keep_awake_parameter):
+        _look_again_later(cloudwatch, event, "kept awake by its wake schedule; will look again later")
+        return Decision.KEPT_AWAKE
     if state.busy or state.endpoint_status != "InService":
         LOG.info("not sleeping %s now: %s", endpoint_name, state.describe())
         _look_again_later(cloudwatch, event, f"endpoint {state.describe()}: looking again after the next idle period")
@@ -83,6 +91,13 @@ def decide(
     return Decision.SLEPT
 
 
+def _kept_awake(ssm: Any, keep_awake_parameter: str) -> bool:
+    try:
+        return ssm.get_parameter(Name=keep_awake_parameter)["Parameter"]["Value"] == "true"
+    except ssm.exceptions.ParameterNotFound:
+        return False
+
+
 def _look_again_later(cloudwatch: Any, event: Mapping[str, Any], reason: str) -> None:
     """Set the alarm back to OK: alarm actions run on a change of state, so this makes it fire again when the
     endpoint has been idle for another period."""
@@ -101,6 +116,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, str]:
         cloudwatch=boto3.client("cloudwatch"),
         stack_name=os.environ["STACK_NAME"],
         switch_parameter=os.environ["SWITCH_PARAMETER"],
+        keep_awake_parameter=os.environ["KEEP_AWAKE_PARAMETER"],
         endpoint_name=os.environ["ENDPOINT_NAME"],
     )
     return {"decision": decision.value}

@@ -33,6 +33,9 @@ ENDPOINT_NAME_PARAMETER = "endpoint-name"
 ENDPOINT_STATE_PARAMETER = "endpoint-state"
 AWAKE = "awake"
 ASLEEP = "asleep"
+#: "true" while a stage's wake schedule keeps it awake (between its scheduled wake and sleep): idle auto-sleep leaves
+#: it alone then. Written by the schedule's function; absent means "false".
+KEEP_AWAKE_PARAMETER = "keep-awake"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -18,6 +18,7 @@ REGION = "eu-west-1"
 NAMES = StageNames(stage="dev")
 STACK = NAMES.stack_name("Endpoint")
 SWITCH = f"{NAMES.ssm_prefix}/endpoint-state"
+KEEP_AWAKE = f"{NAMES.ssm_prefix}/keep-awake"
 
 #: The endpoint stack's parameter and condition as the CDK app writes them (tests/stacks pins the real template).
 STAND_IN_TEMPLATE = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from moto_stage import STACK, SWITCH, MotoStage
+from moto_stage import KEEP_AWAKE, STACK, SWITCH, MotoStage
 
 from mme.aws.idle_sleep import Decision, decide
 from mme.aws.names import ASLEEP, AWAKE
@@ -43,6 +43,7 @@ def _decide(stage: MotoStage, state: str) -> Decision:
         cloudwatch=cloudwatch,
         stack_name=STACK,
         switch_parameter=SWITCH,
+        keep_awake_parameter=KEEP_AWAKE,
         endpoint_name=STACK,
     )
 
@@ -81,3 +82,15 @@ def test_an_endpoint_not_in_service_is_not_slept_and_the_alarm_is_reset_to_look_
     assert moto_stage.switch() == AWAKE
     assert "UpdateStack" not in moto_stage.calls
     assert _alarm_state(moto_stage) == "OK"
+
+
+def test_a_stage_kept_awake_by_its_schedule_is_left_alone(moto_stage: MotoStage) -> None:
+    moto_stage.client("ssm").put_parameter(Name=KEEP_AWAKE, Value="true", Type="String")
+    assert _decide(moto_stage, "ALARM") is Decision.KEPT_AWAKE
+    assert moto_stage.switch() == AWAKE
+    assert "UpdateStack" not in moto_stage.calls
+    assert _alarm_state(moto_stage) == "OK"
+    # After the scheduled sleep has cleared the mark, idleness counts again.
+    moto_stage.client("ssm").put_parameter(Name=KEEP_AWAKE, Value="false", Type="String", Overwrite=True)
+    moto_stage.client("cloudwatch").set_alarm_state(AlarmName=ALARM, StateValue="ALARM", StateReason="idle")
+    assert _decide(moto_stage, "ALARM") is Decision.SLEPT

@@ -11,7 +11,7 @@ import pytest
 from aws_cdk.assertions import Template
 from cdk_synth import Synthesized, synth_app
 
-from stacks.endpoint_sleep import IDLE_FUNCTION_FILES
+from stacks.endpoint_sleep import STATE_FUNCTION_FILES
 
 #: What exists only while the stage is awake (by logical-ID prefix), and nothing else.
 ONLY_WHILE_AWAKE = (
@@ -98,10 +98,73 @@ def test_nothing_that_stays_refers_to_what_sleeps(fixture: str, request: pytest.
         assert not _references(output) & sleeping, name
 
 
-def test_no_idle_sleep_unless_the_stage_asks(dev_endpoint: Template) -> None:
+def test_no_idle_sleep_and_no_schedule_unless_the_stage_asks(dev_endpoint: Template) -> None:
     alarms = dev_endpoint.find_resources("AWS::CloudWatch::Alarm").values()
     assert not [a for a in alarms if a["Properties"]["MetricName"] == "Invocations"]
     assert len(dev_endpoint.find_resources("AWS::Lambda::Function")) == 1  # the scaling function only
+    dev_endpoint.resource_count_is("AWS::Scheduler::Schedule", 0)
+
+
+@pytest.fixture(scope="module")
+def scheduled_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Template:
+    synthesized = synth_app(
+        tmp_path_factory.mktemp("schedule"),
+        {
+            "stages": {
+                "dev": {
+                    "wake_schedule": "cron(0 8 ? * MON-FRI *)",
+                    "sleep_schedule": "cron(0 19 ? * MON-FRI *)",
+                    "schedule_timezone": "Europe/Berlin",
+                }
+            }
+        },
+    )
+    return synthesized.template(synthesized.stage("dev").endpoint)
+
+
+def test_a_schedule_wakes_and_sleeps_the_stage_through_its_function_even_while_asleep(
+    scheduled_endpoint: Template,
+) -> None:
+    resources = scheduled_endpoint.to_json()["Resources"]
+    schedules = {
+        r["Properties"]["Target"]["Input"]: r for r in resources.values() if r["Type"] == "AWS::Scheduler::Schedule"
+    }
+    assert set(schedules) == {'{"state": "awake"}', '{"state": "asleep"}'}
+    wake, sleep = schedules['{"state": "awake"}'], schedules['{"state": "asleep"}']
+    assert wake["Properties"]["ScheduleExpression"] == "cron(0 8 ? * MON-FRI *)"
+    assert sleep["Properties"]["ScheduleExpression"] == "cron(0 19 ? * MON-FRI *)"
+    for schedule in (wake, sleep):
+        assert "Condition" not in schedule  # the wake must run while the endpoint sleeps
+        props = schedule["Properties"]
+        assert props["ScheduleExpressionTimezone"] == "Europe/Berlin"
+        assert props["FlexibleTimeWindow"] == {"Mode": "OFF"}
+        assert props["Target"]["RetryPolicy"]["MaximumEventAgeInSeconds"] == 3600
+    ((function_id, function),) = [
+        (i, r) for i, r in resources.items() if r["Type"] == "AWS::Lambda::Function" and i.startswith("AwakeSchedule")
+    ]
+    assert wake["Properties"]["Target"]["Arn"] == {"Fn::GetAtt": [function_id, "Arn"]}
+    assert function["Properties"]["Handler"] == "mme.aws.scheduled_state.handler"
+    # The scheduler's role may start that function and nothing else.
+    role_id = wake["Properties"]["Target"]["RoleArn"]["Fn::GetAtt"][0]
+    (invoke,) = [
+        statement
+        for policy in resources.values()
+        if policy["Type"] == "AWS::IAM::Policy" and policy["Properties"]["Roles"] == [{"Ref": role_id}]
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+    ]
+    assert invoke["Action"] == "lambda:InvokeFunction"
+    assert invoke["Resource"] == {"Fn::GetAtt": [function_id, "Arn"]}
+    trust = resources[role_id]["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]
+    assert trust["Principal"] == {"Service": "scheduler.amazonaws.com"}
+    assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": "111111111111"}}
+    # Its function may write the keep-awake mark, which idle auto-sleep only reads.
+    statements = {
+        statement["Sid"]: statement
+        for logical_id, policy in resources.items()
+        if policy["Type"] == "AWS::IAM::Policy" and logical_id.startswith("AwakeScheduleFunction")
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+    }
+    assert sorted(statements["WriteKeepAwake"]["Action"]) == ["ssm:GetParameter", "ssm:PutParameter"]
 
 
 def test_idle_alarm_fires_after_idle_minutes_without_invocations_and_starts_the_function(
@@ -131,6 +194,7 @@ def test_idle_alarm_fires_after_idle_minutes_without_invocations_and_starts_the_
     assert function["Properties"]["Environment"]["Variables"] == {
         "STACK_NAME": "Mme-dev-Endpoint",
         "SWITCH_PARAMETER": "/mme/dev/endpoint-state",
+        "KEEP_AWAKE_PARAMETER": "/mme/dev/keep-awake",
         "ENDPOINT_NAME": "Mme-dev-Endpoint",
     }
     (permission,) = [r for r in resources.values() if r["Type"] == "AWS::Lambda::Permission"]
@@ -149,6 +213,7 @@ def test_the_idle_function_may_update_only_its_stack_and_flip_only_the_switch(id
     assert set(statements) == {
         "WriteFunctionLogs",
         "FlipTheSwitch",
+        "ReadKeepAwake",
         "UpdateThisStack",
         "PassTheDeployRole",
         "ReadTheEndpoint",
@@ -156,6 +221,8 @@ def test_the_idle_function_may_update_only_its_stack_and_flip_only_the_switch(id
     }
     flat = {sid: json.dumps(s["Resource"]) for sid, s in statements.items()}
     assert flat["FlipTheSwitch"].endswith(':parameter/mme/dev/endpoint-state"')
+    assert statements["ReadKeepAwake"]["Action"] == "ssm:GetParameter"
+    assert flat["ReadKeepAwake"].endswith(':parameter/mme/dev/keep-awake"')
     assert ":stack/Mme-dev-Endpoint/*" in flat["UpdateThisStack"]
     assert sorted(statements["UpdateThisStack"]["Action"]) == [
         "cloudformation:DescribeStacks",
@@ -175,7 +242,7 @@ def test_the_idle_function_ships_only_its_own_modules(idle_stage: Synthesized) -
     bundles = [path for path in idle_stage.outdir.glob("asset.*") if (path / "mme" / "aws" / "idle_sleep.py").is_file()]
     assert len(bundles) == 1
     shipped = sorted(p.relative_to(bundles[0]).as_posix() for p in bundles[0].rglob("*") if p.is_file())
-    assert shipped == sorted(IDLE_FUNCTION_FILES)
+    assert shipped == sorted(STATE_FUNCTION_FILES)
     # And those modules import nothing the Lambda runtime lacks (boto3 and the standard library only).
     for relative in shipped:
         source = (bundles[0] / relative).read_text()

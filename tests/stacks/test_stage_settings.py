@@ -104,6 +104,15 @@ def test_no_default_tokenizer_by_default() -> None:
         ({"default_tokenizer": "t/" * 101 + "x"}, ["stages.dev.default_tokenizer", "at most 200 characters"]),
         ({"default_tokenizer": True}, ["stages.dev.default_tokenizer", "a string"]),
         ({"log_retention_days": 10}, ["stages.dev.log_retention_days", "14 | 30"]),
+        ({"idle_minutes": 7}, ["stages.dev.idle_minutes", "a multiple of 5"]),
+        ({"idle_minutes": 2000}, ["stages.dev.idle_minutes", "from 5 to 1440"]),
+        ({"auto_sleep": "yes"}, ["stages.dev.auto_sleep", "true | false"]),
+        ({"wake_schedule": "cron(0 8 ? * MON-FRI *)"}, ["wake_schedule", "sleep_schedule", "both"]),
+        ({"wake_schedule": "8am", "sleep_schedule": "7pm"}, ["stages.dev.wake_schedule", "cron(0 8"]),
+        (
+            {"wake_schedule": "cron(0 8 * * ? *)", "sleep_schedule": "cron(0 9 * * ? *)", "schedule_timezone": "CET;"},
+            ["stages.dev.schedule_timezone", "Europe/Berlin"],
+        ),
     ],
 )
 def test_bad_stage_value_names_key_and_allowed_values(stage: dict[str, object], fragments: list[str]) -> None:

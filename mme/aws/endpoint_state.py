@@ -263,6 +263,16 @@ class StageEndpoint:
             endpoint_name=self.endpoint_name,
         )
 
+    def request(self, state: str) -> bool:
+        """Ask for `state` through the stack (`request_state`); True when a stack update started."""
+        return request_state(
+            cloudformation=self.cloudformation,
+            ssm=self.ssm,
+            stack_name=self.stack_name,
+            switch_parameter=self.switch_parameter,
+            state=state,
+        )
+
     def change(
         self,
         state: str,
@@ -277,13 +287,7 @@ class StageEndpoint:
         current = self.state()
         done = current.serving if awake else current.asleep
         if not done and not (current.busy and current.switch == state):
-            request_state(
-                cloudformation=self.cloudformation,
-                ssm=self.ssm,
-                stack_name=self.stack_name,
-                switch_parameter=self.switch_parameter,
-                state=state,
-            )
+            self.request(state)
         return wait_for(
             self.state,
             awake=awake,

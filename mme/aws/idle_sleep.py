@@ -22,7 +22,7 @@ from typing import Any
 
 import boto3
 
-from mme.aws.endpoint_state import EndpointBusyError, read_state, request_state
+from mme.aws.endpoint_state import EndpointBusyError, StageEndpoint
 from mme.aws.names import ASLEEP
 
 LOG = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def decide(
     """Handle one CloudWatch alarm event (the Lambda alarm action's payload) with the given boto3 clients."""
     if _alarm_state(event) != "ALARM":
         return Decision.IGNORED
-    state = read_state(
+    endpoint = StageEndpoint(
         cloudformation=cloudformation,
         ssm=ssm,
         sagemaker=sagemaker,
@@ -66,6 +66,7 @@ def decide(
         switch_parameter=switch_parameter,
         endpoint_name=endpoint_name,
     )
+    state = endpoint.state()
     if state.switch == ASLEEP:
         return Decision.ALREADY_ASLEEP
     if _kept_awake(ssm, keep_awake_parameter):
@@ -76,13 +77,7 @@ def decide(
         _look_again_later(cloudwatch, event, f"endpoint {state.describe()}: looking again after the next idle period")
         return Decision.NOT_NOW
     try:
-        request_state(
-            cloudformation=cloudformation,
-            ssm=ssm,
-            stack_name=stack_name,
-            switch_parameter=switch_parameter,
-            state=ASLEEP,
-        )
+        endpoint.request(ASLEEP)
     except EndpointBusyError as error:  # a deploy started between the look and the update
         LOG.info("not sleeping %s now: %s", endpoint_name, error)
         _look_again_later(cloudwatch, event, str(error))

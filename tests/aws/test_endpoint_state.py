@@ -10,22 +10,18 @@ from mme.aws.endpoint_state import (
     EndpointState,
     EndpointStateError,
     Progress,
-    read_state,
-    request_state,
+    StageEndpoint,
     wait_for,
 )
 from mme.aws.names import ASLEEP, AWAKE
 
 
+def _endpoint(stage: MotoStage, stack_name: str = STACK) -> StageEndpoint:
+    return StageEndpoint.of(stage.session, stack_name=stack_name, switch_parameter=SWITCH, endpoint_name=STACK)
+
+
 def _read(stage: MotoStage) -> EndpointState:
-    return read_state(
-        cloudformation=stage.client("cloudformation"),
-        ssm=stage.client("ssm"),
-        sagemaker=stage.client("sagemaker"),
-        stack_name=STACK,
-        switch_parameter=SWITCH,
-        endpoint_name=STACK,
-    )
+    return _endpoint(stage).state()
 
 
 def test_an_awake_stage_reads_as_awake_and_serving(moto_stage: MotoStage) -> None:
@@ -43,13 +39,7 @@ def test_sleep_flips_the_switch_and_updates_the_stack_with_its_previous_template
     # moto answers "No updates" here (it does not resolve the SSM parameter again), so the test checks the update
     # mme asks for: the previous template, every parameter's previous value (the switch's is its SSM name, which
     # CloudFormation resolves again), and the capabilities the stack's IAM resources need.
-    request_state(
-        cloudformation=moto_stage.client("cloudformation"),
-        ssm=moto_stage.client("ssm"),
-        stack_name=STACK,
-        switch_parameter=SWITCH,
-        state=ASLEEP,
-    )
+    _endpoint(moto_stage).request(ASLEEP)
     assert moto_stage.switch() == ASLEEP
     (update,) = moto_stage.calls["UpdateStack"]
     assert update == {
@@ -100,13 +90,7 @@ def test_waiting_gives_up_with_the_state_it_saw(moto_stage: MotoStage) -> None:
 
 def test_a_missing_stack_or_switch_is_a_clear_error(moto_stage: MotoStage) -> None:
     with pytest.raises(EndpointStateError, match="does not exist: deploy it"):
-        request_state(
-            cloudformation=moto_stage.client("cloudformation"),
-            ssm=moto_stage.client("ssm"),
-            stack_name="Mme-qa-Endpoint",
-            switch_parameter=SWITCH,
-            state=ASLEEP,
-        )
+        _endpoint(moto_stage, "Mme-qa-Endpoint").request(ASLEEP)
     moto_stage.client("ssm").delete_parameter(Name=SWITCH)
     with pytest.raises(EndpointStateError, match="has no sleep switch"):
         _read(moto_stage)

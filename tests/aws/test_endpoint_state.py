@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
-from moto_stage import STACK, SWITCH, MotoStage
+from moto_stage import STACK, STAND_IN_TEMPLATE, SWITCH, MotoStage
 
 from mme.aws.endpoint_state import (
     CAPABILITIES,
@@ -109,3 +111,24 @@ def test_a_switch_holding_anything_else_names_the_fix(moto_stage: MotoStage) -> 
 )
 def test_a_stack_in_progress_is_busy(stack_status: str, busy: bool) -> None:
     assert EndpointState(switch=AWAKE, stack_status=stack_status, endpoint_status="InService").busy is busy
+
+
+def test_a_deploy_while_asleep_resolves_the_switch_again_and_creates_nothing_that_sleeps(
+    moto_stage: MotoStage,
+) -> None:
+    # What `cdk deploy` and the pipeline do: a new template, no parameter values (the switch's default is its name).
+    moto_stage.client("ssm").put_parameter(Name=SWITCH, Value=ASLEEP, Type="String", Overwrite=True)
+    deployed = json.loads(json.dumps(STAND_IN_TEMPLATE))
+    deployed["Resources"]["NewTopic"] = {"Type": "AWS::SNS::Topic"}
+    deployed["Resources"]["SleepingQueue"] = {"Type": "AWS::SQS::Queue", "Condition": "EndpointAwake"}
+    cloudformation = moto_stage.client("cloudformation")
+    cloudformation.update_stack(StackName=STACK, TemplateBody=json.dumps(deployed))
+    (stack,) = cloudformation.describe_stacks(StackName=STACK)["Stacks"]
+    assert stack["StackStatus"] == "UPDATE_COMPLETE"
+    assert stack["Parameters"] == [{"ParameterKey": "EndpointState", "ParameterValue": ASLEEP}]
+    summaries = cloudformation.list_stack_resources(StackName=STACK)["StackResourceSummaries"]
+    created = {summary["ResourceType"] for summary in summaries}
+    assert "AWS::SNS::Topic" in created
+    assert "AWS::SQS::Queue" not in created
+    assert not moto_stage.client("sqs").list_queues().get("QueueUrls")
+    assert moto_stage.switch() == ASLEEP

@@ -72,6 +72,14 @@ def _text(value: object, where: str) -> str:
         raise BadRequestError(f"{where} must be a string, got {type(value).__name__}")
     if not value.strip():
         raise BadRequestError(f"{where} is empty: send at least one non-blank character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        # JSON's "\ud800" escapes decode to lone surrogates, which no tokenizer can take.
+        raise BadRequestError(
+            f"{where} is not valid Unicode: a lone surrogate {value[error.start]!r} at position {error.start} "
+            "(send a UTF-16 surrogate only as half of a pair)"
+        ) from None
     return value
 
 
@@ -100,6 +108,8 @@ def _json(line: str, where: str) -> object:
         return json.loads(line)
     except json.JSONDecodeError as error:
         raise BadRequestError(f"{where} is not valid JSON: {error}") from None
+    except RecursionError:  # Python's parser recurses once per nesting level
+        raise BadRequestError(f"{where} is nested too deeply to be a request: send a flat JSON object") from None
 
 
 def decode_request(body: bytes | bytearray | str | None, content_type: str | None, *, max_texts: int) -> DecodedRequest:

@@ -74,6 +74,12 @@ def test_missing_content_type_defaults_to_json() -> None:
         (b"", JSON, "body is empty"),
         (b'{"input_text": "a"}\nnope', JSON_LINES, "line 2 is not valid JSON"),
         (b"\xff\xfe", "text/plain", "not UTF-8"),
+        # A lone surrogate, as JSON can escape it: once a 503 from the tokenizer.
+        (b'{"input_text": "\\ud800"}', JSON, "lone surrogate '\\ud800' at position 0"),
+        (b'{"inputs": ["fine", "a\\udfffb"]}', JSON, '"inputs"[1] is not valid Unicode'),
+        # Nested about 1000 deep: once a RecursionError and a 503.
+        (b'{"input_text": ' + b"[" * 5000 + b"]" * 5000 + b"}", JSON, "nested too deeply"),
+        (b"[" * 100_000, JSON, "nested too deeply"),
     ],
 )
 def test_bad_bodies_are_rejected_with_a_message_naming_the_problem(

@@ -47,14 +47,25 @@ class ModelStore(Protocol):
         ...
 
 
+#: SageMaker's limit on InvokeEndpoint's TargetModel (API reference, InvokeEndpoint).
+MAX_TARGET_MODEL_LENGTH = 1024
+
+
 def validate_key(key: str) -> str:
-    """Check that ``key`` is a relative key that stays under the prefix.
+    """Check that ``key`` is a relative key that stays under the prefix, as SageMaker would accept it.
 
     Raises:
-        StoreError: the key is empty, absolute, or climbs out with ``..``.
+        StoreError: the key is empty, longer than SageMaker's 1024 characters, holds a control character, is
+            absolute, or climbs out with ``..``.
     """
     if not key or not key.strip():
         raise StoreError("TargetModel is empty")
+    if len(key) > MAX_TARGET_MODEL_LENGTH:
+        raise StoreError(
+            f"TargetModel is {len(key)} characters long; SageMaker allows at most {MAX_TARGET_MODEL_LENGTH}"
+        )
+    if any(not character.isprintable() for character in key):
+        raise StoreError(f"TargetModel {key[:80]!r} holds a control character")
     path = PurePosixPath(key)
     if path.is_absolute() or ".." in path.parts or "\\" in key:
         raise StoreError(f"TargetModel {key!r} must be a key relative to the model prefix, without '..'")
@@ -75,7 +86,11 @@ class LocalStore:
 
     def stat(self, key: str) -> ArchiveInfo:
         path = self._path(key)
-        if not path.is_file():
+        try:
+            found = path.is_file()
+        except OSError as error:  # e.g. a segment longer than a file name may be: no such archive can exist
+            raise ModelNotFoundError(f"could not find model data for {key[:80]!r}: {error.strerror}") from None
+        if not found:
             raise ModelNotFoundError(f"could not find model data at {path}")
         status = path.stat()
         return ArchiveInfo(key=key, size=status.st_size, version=f"{status.st_mtime_ns}-{status.st_size}")

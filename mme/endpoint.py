@@ -31,7 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from mme import MmeError
 from mme.aws.model_listing import StoredModel, list_store
 from mme.container import LocalContainer
-from mme.errors import ModelError, SageMakerError, ServiceUnavailableError, ValidationError
+from mme.errors import ModelError, RequestTimeoutError, SageMakerError, ServiceUnavailableError, ValidationError
 from mme.metrics import EndpointMetrics
 from mme.models import CachePolicy, ModelCache
 from mme.store import ModelStore, StoreError, validate_key
@@ -42,6 +42,8 @@ TARGET_MODEL = "X-Amzn-SageMaker-Target-Model"
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 INVOKED_VARIANT = "x-Amzn-Invoked-Production-Variant"
 MAX_PAYLOAD_BYTES = 6 * 1024 * 1024  # SageMaker's limit for a real-time invocation
+#: Default seconds a request's body may take to arrive once its headers have (`EndpointConfig.body_timeout_seconds`).
+BODY_TIMEOUT_SECONDS = 30.0
 _SUPERVISE_EVERY_SECONDS = 1.0
 
 
@@ -61,6 +63,8 @@ class EndpointConfig:
     - ``container_environment``: container tunables (``MME_*``, ``SAGEMAKER_*``) for the model server.
     - ``container`` (default: the container's software as host processes under ``run_dir``): the model server
       runtime, for example an :class:`~mme.image.ImageContainer` serving ``cache_dir/models``.
+    - ``body_timeout_seconds`` (default 30): how long a request's body may take to arrive after its headers; a client
+      that stalls gets a 408 instead of holding a connection for minutes.
     """
 
     store: ModelStore
@@ -71,6 +75,7 @@ class EndpointConfig:
     policy: CachePolicy = field(default_factory=CachePolicy)
     container_environment: Mapping[str, str] = field(default_factory=dict)
     container: LocalContainer | None = None
+    body_timeout_seconds: float = BODY_TIMEOUT_SECONDS
 
 
 def _error_response(error: SageMakerError, request_id: str) -> web.Response:
@@ -203,9 +208,13 @@ class LocalEndpoint:
         except StoreError as error:
             raise ValidationError(str(error)) from None
         try:
-            body = await request.read()
+            body = await asyncio.wait_for(request.read(), timeout=self.config.body_timeout_seconds)
         except web.HTTPRequestEntityTooLarge:
             raise ValidationError(f"the request body is larger than {MAX_PAYLOAD_BYTES} bytes") from None
+        except TimeoutError:
+            raise RequestTimeoutError(
+                f"the request body did not arrive within {self.config.body_timeout_seconds:g} s of its headers"
+            ) from None
         headers = {"Content-Type": request.headers.get("Content-Type", "application/octet-stream")}
         for name in ("Accept", CUSTOM_ATTRIBUTES):
             if name in request.headers:

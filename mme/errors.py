@@ -40,6 +40,13 @@ class ModelError(SageMakerError):
         self.original_status = original_status
 
 
+class RequestTimeoutError(SageMakerError):
+    """408: the request's body did not arrive in time (a stalled or truncated upload); sending it again may work."""
+
+    code = "RequestTimeout"
+    status = 408
+
+
 class ModelNotReadyError(SageMakerError):
     """429: the model is still downloading or loading; try again."""
 

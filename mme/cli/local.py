@@ -15,6 +15,7 @@ from handler.settings import DEFAULT_TOKENIZER_VARIABLE
 from mme.archive import ARCHIVE_SUFFIX
 from mme.cli import app, error_message
 from mme.cli.output import environment_pairs, fail, parse_size
+from mme.endpoint import BODY_TIMEOUT_SECONDS
 
 if TYPE_CHECKING:
     from mme.container import LocalContainer
@@ -139,6 +140,9 @@ def serve(
     load_wait_seconds: Annotated[
         float, typer.Option(min=0.0, help="How long a request waits for a cold load before ModelNotReadyException.")
     ] = 60.0,
+    body_timeout_seconds: Annotated[
+        float, typer.Option(min=0.1, help="How long a request's body may take after its headers before a 408.")
+    ] = BODY_TIMEOUT_SECONDS,
     container_env: Annotated[
         list[str] | None, typer.Option(help="Container tunable NAME=VALUE (repeatable), e.g. MME_LOG_LEVEL=DEBUG.")
     ] = None,
@@ -197,6 +201,7 @@ def serve(
                 load_wait_seconds=load_wait_seconds,
             ),
             container_environment=environment,
+            body_timeout_seconds=body_timeout_seconds,
             container=_image_container(
                 image, run_dir=Path(run_dir), cache_dir=cache_dir, environment=environment, memory=memory,
                 default_tokenizer=default_tokenizer,

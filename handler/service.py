@@ -20,8 +20,6 @@ from handler.settings import ServingSettings, load_error_file
 
 logger = logging.getLogger(__name__)
 
-CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
-
 # One worker process serves one model: the loaded classifier lives as long as the worker.
 _classifier: TextClassifier | None = None
 _settings: ServingSettings | None = None
@@ -97,9 +95,9 @@ def handle(data: list[dict[str, Any]] | None, context: Any) -> list[bytes] | Non
             context.set_response_status(error.status, error.message, index)
             body, content_type = encode_error(error.message), "application/json"
         context.set_response_content_type(index, content_type)
-        attributes = headers.get(CUSTOM_ATTRIBUTES.lower())
-        if attributes:
-            # Echoed, so a caller's trace id comes back with its answer (SageMaker returns what the model sets).
-            context.set_response_header(index, CUSTOM_ATTRIBUTES, attributes)
+        # No response headers, on purpose (so X-Amzn-SageMaker-Custom-Attributes is not echoed): MMS 1.1.11's front
+        # end decodes a worker's header map without waiting for all of it (CodecUtils.readMap ignores a buffer
+        # under-run), so a map that straddles a socket read kills the worker, which happened from about 440
+        # characters of echoed attributes on.
         responses.append(body)
     return responses

@@ -44,7 +44,9 @@ def test_two_models_on_one_endpoint(endpoint: ServeProcess) -> None:
     assert json.loads(answer["Body"].read())["label"] == "positive"
     assert answer["ContentType"] == "application/json"
     assert answer["InvokedProductionVariant"] == "AllTraffic"
-    assert answer["CustomAttributes"] == "trace=42"
+    # Not echoed: the container sets no response headers (handler/service.py says why), and SageMaker returns
+    # custom attributes only when the container sets them.
+    assert "CustomAttributes" not in answer
     topic = _invoke(endpoint, "topic.tar.gz", {"inputs": ["the striker scored twice in the final match"]})
     assert [item["label"] for item in json.loads(topic["Body"].read())] == ["sports"]
 

@@ -76,3 +76,20 @@ def test_a_body_that_stalls_after_its_headers_gets_a_408_not_a_held_connection(e
     assert status_line.split()[1] == "408", answer
     assert "did not arrive within 1 s" in rest
     _still_answers(endpoint)
+
+
+def test_long_custom_attributes_never_kill_the_worker(endpoint: ServeProcess) -> None:
+    # SageMaker allows 1024 characters; echoing them back once made MMS drop the worker every few requests.
+    client = endpoint.client()
+    echoed = []
+    for length in (1024, 20, 600, 1024, 5, 1024, 442, 1024) * 3:
+        answer = client.invoke_endpoint(
+            EndpointName="local",
+            TargetModel="sentiment.tar.gz",
+            ContentType="application/json",
+            Body=GOOD,
+            CustomAttributes="a" * length,
+        )
+        assert json.loads(answer["Body"].read())["label"] == "positive"
+        echoed.append(answer.get("CustomAttributes"))
+    assert echoed == [None] * len(echoed)

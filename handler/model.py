@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 _WARM_UP_TEXT = "warm up"
+#: A text long enough to fill any sequence length: each "warm" is at least one token.
+_LONG_TEXT_WORD = "warm "
 
 
 class TextClassifier(Protocol):
@@ -206,6 +208,16 @@ class TensorFlowTextClassifier:
     def labels(self) -> tuple[str, ...]:
         return self._labels
 
+    def with_length(self, max_sequence_length: int) -> TensorFlowTextClassifier:
+        """The same model and tokenizer, truncating texts to `max_sequence_length` tokens."""
+        return TensorFlowTextClassifier(
+            saved_model=self._saved_model,
+            tokenizer=self._tokenizer,
+            labels=self._labels,
+            plan=replace(self.plan, max_sequence_length=max_sequence_length),
+            response_format=self._response_format,
+        )
+
     @property
     def response_format(self) -> ResponseFormat:
         return self._response_format
@@ -354,7 +366,58 @@ def classifier_of(reading: ModelReading) -> TensorFlowTextClassifier:
             f"the model gave {width} values per text for {len(reading.labels)} labels: list {max(width, 2)} labels "
             f"in {MANIFEST_FILE}"
         )
+    if not reading.plan.static_length:
+        classifier = classifier.with_length(_longest_length(classifier, reading))
     return classifier
+
+
+def _fails_at(classifier: TensorFlowTextClassifier, length: int) -> bool:
+    """True when the model refuses a text of `length` tokens (an index beyond its position embeddings, typically)."""
+    import tensorflow as tf
+
+    try:
+        classifier.with_length(length).outputs([_LONG_TEXT_WORD * length])
+    except tf.errors.InvalidArgumentError:
+        return True
+    except ModelOutOfMemoryError:
+        return False  # a matter of memory, answered with 507 at predict time, not a length the model refuses
+    return False
+
+
+def _longest_length(classifier: TensorFlowTextClassifier, reading: ModelReading) -> int:
+    """The sequence length to serve a dynamic-length model with: the planned one if the model takes it.
+
+    A model trained on shorter texts than the default length (position embeddings of 64, say) works on the short
+    warm-up text and fails on long ones, which would be an opaque error at predict time. Without a
+    `max_sequence_length` in mme.json, serve it at the longest length it takes (a binary search, a few test
+    predictions); with one, refuse the load and say so.
+
+    Raises:
+        ModelLoadError: the model fails at the length mme.json sets.
+    """
+    planned = classifier.plan.max_sequence_length
+    if not _fails_at(classifier, planned):
+        return planned
+    if reading.manifest.max_sequence_length is not None:
+        raise ModelLoadError(
+            f"the model fails on texts of {planned} tokens, the max_sequence_length in {MANIFEST_FILE}: set it to "
+            "the length the model was trained with"
+        )
+    works, fails = 1, planned
+    while fails - works > 1:
+        middle = (works + fails) // 2
+        if _fails_at(classifier, middle):
+            fails = middle
+        else:
+            works = middle
+    logger.warning(
+        "the model fails on texts of %d tokens; serving it at %d tokens (longer texts are truncated). Set "
+        "max_sequence_length in %s to say so.",
+        planned,
+        works,
+        MANIFEST_FILE,
+    )
+    return works
 
 
 def load_model_dir(model_dir: Path, settings: ServingSettings) -> TensorFlowTextClassifier:

@@ -119,3 +119,43 @@ def test_resource_exhausted_at_predict_becomes_memory_error(oom_on_long_text_mod
     assert len(classifier.predict(["short"])) == 1
     with pytest.raises(ModelOutOfMemoryError, match="out of memory while predicting"):
         classifier.predict(["this sentence is long enough to need more than twelve tokens once it is tokenized"])
+
+
+def _save_short_position_model(root: Path, tokenizer: Path, *, positions: int) -> Path:
+    """A dynamic-length model with position embeddings for `positions` tokens only: longer inputs fail in TF."""
+    import tensorflow as tf
+
+    class ShortPositions(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.table = tf.Variable(tf.random.stateless_normal([positions, 2], seed=[1, 2]))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.int32)])
+        def serve(self, input_ids: tf.Tensor, attention_mask: tf.Tensor) -> dict[str, tf.Tensor]:
+            # Out-of-range positions raise InvalidArgumentError on CPU, as a BERT's position embeddings do.
+            by_position = tf.gather(self.table, tf.range(tf.shape(input_ids)[1]))
+            mask = tf.cast(attention_mask, tf.float32)[:, :, tf.newaxis]
+            return {"logits": tf.reduce_sum(by_position[tf.newaxis] * mask, axis=1)}
+
+    module = ShortPositions()
+    tf.saved_model.save(module, str(root / "0"), signatures={"serving_default": module.serve})
+    shutil.copytree(tokenizer, root, dirs_exist_ok=True)
+    return root
+
+
+def test_a_model_with_shorter_position_embeddings_is_served_at_the_length_it_takes(
+    tmp_path: Path, demo_tokenizer: Path
+) -> None:
+    # No mme.json: the default length (128) is longer than the model takes; long texts once failed at predict.
+    model = _save_short_position_model(tmp_path / "short", demo_tokenizer, positions=24)
+    classifier = load_model_dir(model, SETTINGS)
+    assert classifier.plan.max_sequence_length == 24
+    (prediction,) = classifier.predict(["good " * 500])
+    assert set(prediction.scores) == {"LABEL_0", "LABEL_1"}
+
+
+def test_a_length_mme_json_sets_but_the_model_refuses_fails_the_load(tmp_path: Path, demo_tokenizer: Path) -> None:
+    model = _save_short_position_model(tmp_path / "short", demo_tokenizer, positions=24)
+    (model / "mme.json").write_text(json.dumps({"max_sequence_length": 64}))
+    with pytest.raises(ModelLoadError, match=r"fails on texts of 64 tokens, the max_sequence_length in mme\.json"):
+        load_model_dir(model, SETTINGS)

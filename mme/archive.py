@@ -15,6 +15,12 @@ from mme import MmeError
 logger = logging.getLogger(__name__)
 
 ARCHIVE_SUFFIX = ".tar.gz"
+#: Limits on what an archive may unpack to, so a small archive cannot fill the disk (a decompression bomb): at most
+#: `MAX_EXPANSION` times its own size, but always at least `MIN_EXTRACTED_ALLOWANCE` bytes (SavedModel weights hardly
+#: compress; a tokenizer's vocabulary does), and at most `MAX_MEMBERS` files and folders.
+MAX_EXPANSION = 50
+MIN_EXTRACTED_ALLOWANCE = 512 * 1024 * 1024
+MAX_MEMBERS = 10_000
 
 
 class ArchiveError(MmeError, ValueError):
@@ -62,22 +68,42 @@ def _refusal(member: tarfile.TarInfo) -> str | None:
     return None
 
 
-def extract_archive(archive: Path, destination: Path) -> Path:
-    """Extract ``archive`` into ``destination`` (created), refusing anything that would land outside it.
+def extraction_allowance(archive_bytes: int) -> int:
+    """The most bytes an archive of `archive_bytes` may unpack to (see `MAX_EXPANSION`)."""
+    return max(MAX_EXPANSION * archive_bytes, MIN_EXTRACTED_ALLOWANCE)
 
-    Every member is checked before anything is written.
+
+def extract_archive(archive: Path, destination: Path) -> Path:
+    """Extract ``archive`` into ``destination`` (created), refusing anything that would land outside it, and
+    anything that would unpack to more than `extraction_allowance` bytes or `MAX_MEMBERS` entries.
+
+    Every member is checked, from the tar headers, before anything is written.
 
     Raises:
         ArchiveError: the file is not a gzip tar, or holds an absolute path, ``..``, a link leaving the folder,
-            or a device file; nothing outside ``destination`` is written.
+            a device file, too many entries or too many bytes; nothing outside ``destination`` is written.
     """
+    allowance = extraction_allowance(archive.stat().st_size) if archive.is_file() else 0
     try:
         with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
-            for member in members:
+            members = []
+            total = 0
+            # Read header by header, so a bomb of entries is stopped at the limit rather than listed whole.
+            for member in tar:
                 reason = _refusal(member)
                 if reason is not None:
                     raise ArchiveError(f"{archive.name} is refused: {reason}")
+                members.append(member)
+                total += member.size if member.isfile() else 0
+                if len(members) > MAX_MEMBERS:
+                    raise ArchiveError(f"{archive.name} is refused: it holds more than {MAX_MEMBERS} entries")
+                if total > allowance:
+                    raise ArchiveError(
+                        f"{archive.name} is refused: it unpacks to more than {allowance} bytes, {MAX_EXPANSION} "
+                        f"times its own size (a model's weights hardly compress)"
+                    )
+            if not members:
+                raise ArchiveError(f"{archive.name} is refused: it is empty")
             destination.mkdir(parents=True, exist_ok=True)
             # The "data" filter re-checks all of the above as it writes, and drops modes a model never needs.
             tar.extractall(destination, members=members, filter="data")

@@ -242,12 +242,14 @@ class ModelCache:
                     if victim is not None:
                         await self._evict(victim, reason=f"container out of memory loading {key}")
                         continue
+                    await asyncio.to_thread(shutil.rmtree, path, True)  # a failed load leaves nothing in the cache
                     raise ModelError(
                         f"model {key} does not fit in the container's memory even with no other model loaded"
                         + (f": {reason}" if reason else ""),
                         original_status=answer.status,
                         original_message=answer.text,
                     )
+                await asyncio.to_thread(shutil.rmtree, path, True)
                 raise ModelError(
                     f"the container could not load model {key}: {reason or answer.text}",
                     original_status=answer.status,

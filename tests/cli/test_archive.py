@@ -67,3 +67,44 @@ def test_round_trip_keeps_the_layout(tmp_path: Path) -> None:
     assert (out / "0" / "saved_model.pb").read_bytes() == b"pb"
     assert (out / "vocab.txt").read_text() == "[PAD]\n"
     assert (out / "0" / "variables").is_dir()
+
+
+def _zeros_archive(path: Path, files: dict[str, int]) -> Path:
+    """A .tar.gz of files full of zeros (`name -> bytes`): tiny compressed, large unpacked."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, size in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = size
+            tar.addfile(info, io.BytesIO(bytes(size)))
+    return path
+
+
+def test_a_decompression_bomb_is_refused_before_anything_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("mme.archive.MIN_EXTRACTED_ALLOWANCE", 1024 * 1024)
+    bomb = _zeros_archive(tmp_path / "bomb.tar.gz", {"0/saved_model.pb": 4 * 1024 * 1024, "big": 8 * 1024 * 1024})
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(ArchiveError, match="unpacks to more than 1048576 bytes"):
+        extract_archive(bomb, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_archive_of_too_many_entries_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mme.archive.MAX_MEMBERS", 100)
+    many = _zeros_archive(tmp_path / "many.tar.gz", {f"f{i}": 0 for i in range(150)})
+    with pytest.raises(ArchiveError, match="more than 100 entries"):
+        extract_archive(many, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_archive_is_refused(tmp_path: Path) -> None:
+    empty = _zeros_archive(tmp_path / "empty.tar.gz", {})
+    with pytest.raises(ArchiveError, match="is empty"):
+        extract_archive(empty, tmp_path / "out")
+
+
+def test_an_ordinary_archive_is_well_within_the_limits(tmp_path: Path) -> None:
+    archive = _zeros_archive(tmp_path / "ok.tar.gz", {"0/saved_model.pb": 2 * 1024 * 1024, "vocab.txt": 1000})
+    out = extract_archive(archive, tmp_path / "out")
+    assert (out / "0" / "saved_model.pb").stat().st_size == 2 * 1024 * 1024

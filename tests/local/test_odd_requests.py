@@ -93,3 +93,13 @@ def test_long_custom_attributes_never_kill_the_worker(endpoint: ServeProcess) ->
         assert json.loads(answer["Body"].read())["label"] == "positive"
         echoed.append(answer.get("CustomAttributes"))
     assert echoed == [None] * len(echoed)
+
+
+def test_a_failed_load_leaves_nothing_in_the_cache(endpoint: ServeProcess) -> None:
+    models = endpoint.cache_dir / "models"
+    _still_answers(endpoint)
+    before = {path.name for path in models.iterdir()}
+    error = _error(endpoint, "greedy.tar.gz", GOOD.encode())  # extracts, then runs out of memory at its load
+    assert error.response["Error"]["Code"] == "ModelError"
+    assert {path.name for path in models.iterdir()} == before
+    _still_answers(endpoint)

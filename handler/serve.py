@@ -104,6 +104,20 @@ def _running(pid: int) -> bool:
         return False
 
 
+def own_mms_process(pid_file: Path) -> psutil.Process:
+    """This run's MMS Java process, from the pid its launcher recorded in `pid_file`.
+
+    Replaces sagemaker-inference's lookup, which takes whichever process on the machine has MMS's class name in its
+    command line: with another MMS on the host (a second `mme serve`, or a serving container, whose processes a host
+    sees), it found that one, and its SIGTERM handler then stopped the other instance. Raises (as the toolkit's
+    lookup does, which its retry loop expects) until this run's MMS has started.
+    """
+    pid = _recorded_pid(pid_file)
+    if pid is None or not _running(pid):
+        raise RuntimeError(f"this run's MMS has not started yet (no live pid in {pid_file})")
+    return psutil.Process(pid)
+
+
 def _exit_because(reason: str) -> None:
     logger.error("%s; serve exits with status %d", reason, MMS_DIED_EXIT_STATUS)
     logging.shutdown()
@@ -136,6 +150,8 @@ def main() -> None:
     if stale is not None and not _running(stale):
         pid_file.unlink()  # from an MMS that ran in this folder before; the watch must not read it
     threading.Thread(target=watch_mms, args=(pid_file,), name="watch MMS", daemon=True).start()
+    # Our own lookup of the process to wait on and stop (own_mms_process says why).
+    model_server._retrieve_mms_server_process = lambda: own_mms_process(pid_file)
     model_server.start_model_server(handler_service=HANDLER_ENTRY_POINT)
 
 

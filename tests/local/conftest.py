@@ -67,6 +67,6 @@ def serve(
     for endpoint in started:
         endpoint.stop()
         assert processes_under(endpoint.tmp_dir) == [], "a process of mme serve outlived it"
-    # Tests start one MMS at a time (MMS refuses a second), so after the last stop none may be left anywhere.
+    # Every MMS a test started is stopped by then, so after the last stop none may be left anywhere.
     assert mms_processes() == [], "an MMS front end or worker outlived mme serve"
     assert serving_containers() == [], "a serving container outlived mme serve"

@@ -8,11 +8,13 @@ import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import boto3
 import pytest
-from local_serving import mms_processes, serving_containers
+from local_serving import MotoS3, mms_processes, serving_containers
+from moto.server import ThreadedMotoServer
 
 from mme.archive import write_archive
-from mme.container import processes_under
+from mme.container import free_port, processes_under
 from mme.serve_process import ServeProcess
 
 
@@ -70,3 +72,17 @@ def serve(
     # Every MMS a test started is stopped by then, so after the last stop none may be left anywhere.
     assert mms_processes() == [], "an MMS front end or worker outlived mme serve"
     assert serving_containers() == [], "a serving container outlived mme serve"
+
+
+@pytest.fixture(scope="module")
+def moto_s3() -> Iterator[MotoS3]:
+    """A moto S3 server on a free loopback port for the module."""
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    credentials = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    client = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
+                          aws_access_key_id="test", aws_secret_access_key="test")  # fmt: skip
+    yield MotoS3(url=url, client=client, environment={**credentials, "AWS_ENDPOINT_URL": url})
+    server.stop()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -34,3 +36,12 @@ def mms_processes() -> list[psutil.Process]:
         if "com.amazonaws.ml.mms.ModelServer" in cmdline or "model_service_worker" in cmdline:
             found.append(process)
     return found
+
+
+@dataclass(frozen=True)
+class MotoS3:
+    """A moto server on loopback: its URL, an S3 client on it, and the environment that points `mme serve` at it."""
+
+    url: str
+    client: Any
+    environment: dict[str, str]

@@ -6,21 +6,17 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-import boto3
 import pytest
 import requests
-from moto.server import ThreadedMotoServer
+from local_serving import MotoS3
 from typer.testing import CliRunner
 
 from mme.cli import app
-from mme.container import free_port
 from mme.serve_process import ServeProcess
-
-AWS_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 @pytest.fixture(scope="module")
@@ -72,24 +68,16 @@ def test_models_route_and_mme_models_show_what_is_loaded(
     endpoint.stop()
 
 
-@pytest.fixture(scope="module")
-def s3_url() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-def test_models_route_lists_an_s3_store(serve: Callable[..., ServeProcess], listing_store: Path, s3_url: str) -> None:
-    s3 = boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1",
-                      aws_access_key_id="test", aws_secret_access_key="test")  # fmt: skip
+def test_models_route_lists_an_s3_store(
+    serve: Callable[..., ServeProcess], listing_store: Path, moto_s3: MotoS3
+) -> None:
+    s3 = moto_s3.client
     s3.create_bucket(Bucket="listed-models")
     for key in ("sentiment.tar.gz", "team-a/topic-v2.tar.gz", "notes.txt"):
         s3.upload_file(str(listing_store / key), "listed-models", f"prod/models/{key}")
     s3.upload_file(str(listing_store / "sentiment.tar.gz"), "listed-models", "prod/other/sentiment.tar.gz")
 
-    endpoint = serve("s3://listed-models/prod/models/", env={**AWS_ENV, "AWS_ENDPOINT_URL": s3_url})
+    endpoint = serve("s3://listed-models/prod/models/", env=moto_s3.environment)
     listing = requests.get(f"{endpoint.url}/models", timeout=30).json()["models"]
 
     assert [(model["target_model"], model["size"], model["loaded"]) for model in listing] == [

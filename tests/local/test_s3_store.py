@@ -3,36 +3,24 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import boto3
 import pytest
-from moto.server import ThreadedMotoServer
+from local_serving import MotoS3
 
-from mme.container import free_port
 from mme.serve_process import ServeProcess
 
-AWS_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
 
-
-@pytest.fixture(scope="module")
-def s3_url() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-def test_models_are_downloaded_from_an_s3_prefix(serve: Callable[..., ServeProcess], store: Path, s3_url: str) -> None:
-    s3 = boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1",
-                      aws_access_key_id="test", aws_secret_access_key="test")  # fmt: skip
+def test_models_are_downloaded_from_an_s3_prefix(
+    serve: Callable[..., ServeProcess], store: Path, moto_s3: MotoS3
+) -> None:
+    s3 = moto_s3.client
     s3.create_bucket(Bucket="team-models")
     for name in ("sentiment.tar.gz", "topic.tar.gz"):
         s3.upload_file(str(store / name), "team-models", f"prod/models/{name}")
 
-    endpoint = serve("s3://team-models/prod/models/", env={**AWS_ENV, "AWS_ENDPOINT_URL": s3_url})
+    endpoint = serve("s3://team-models/prod/models/", env=moto_s3.environment)
     client = endpoint.client()
     answer = client.invoke_endpoint(
         EndpointName="local",

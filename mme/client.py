@@ -24,7 +24,7 @@ from botocore.exceptions import ClientError
 
 from mme import MmeError
 from mme.aws.endpoint_state import EndpointState, Progress, StageEndpoint
-from mme.aws.names import AWAKE, ENDPOINT_STATE_PARAMETER, StageNames
+from mme.aws.names import AWAKE, StageNames
 from mme.aws.runtime import runtime_client
 from mme.aws.stage import DeployedStage, find_stage
 
@@ -85,7 +85,7 @@ class StageClient:
         return StageEndpoint.of(
             self._session,
             stack_name=self.deployed.endpoint_stack,
-            switch_parameter=f"{self.deployed.names.ssm_prefix}/{ENDPOINT_STATE_PARAMETER}",
+            switch_parameter=self.deployed.switch_parameter,
             endpoint_name=self.endpoint_name,
         )
 

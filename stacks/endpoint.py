@@ -9,7 +9,7 @@ from aws_cdk import CfnOutput, Stack
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
-from mme.aws.names import ENDPOINT_NAME_PARAMETER, ENDPOINT_STATE_PARAMETER
+from mme.aws.names import ENDPOINT_NAME_PARAMETER
 from stacks.endpoint_scaling import EndpointAutoscaling
 from stacks.endpoint_sleep import AwakeSchedule, EndpointSwitch, IdleSleep
 from stacks.model_store import ModelStoreRef
@@ -63,9 +63,7 @@ class EndpointStack(Stack):
         self.autoscaling = EndpointAutoscaling(self, "Autoscaling", endpoint=self.serving, settings=settings)
         self.monitoring = EndpointMonitoring(self, "Monitoring", endpoint=self.serving, settings=settings)
         # What exists only while the stage is awake; everything else costs nothing per hour and stays.
-        self.switch = EndpointSwitch(
-            self, "Switch", switch_parameter=f"{settings.ssm_prefix}/{ENDPOINT_STATE_PARAMETER}"
-        )
+        self.switch = EndpointSwitch(self, "Switch", ssm_prefix=settings.ssm_prefix)
         self.switch.only_while_awake(
             self.serving.endpoint,
             self.autoscaling.release,

@@ -37,7 +37,7 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_scheduler as scheduler
 from constructs import Construct, IConstruct
 
-from mme.aws.names import ASLEEP, AWAKE, KEEP_AWAKE_PARAMETER
+from mme.aws.names import ASLEEP, AWAKE, ENDPOINT_STATE_PARAMETER, KEEP_AWAKE_PARAMETER
 from stacks.endpoint_scaling import FUNCTION_RUNTIME, skip_function_checks
 from stacks.multi_model_endpoint import MultiModelEndpoint, stack_log_group
 from stacks.nag import nag_resource
@@ -60,20 +60,21 @@ class EndpointSwitch(Construct):
     """The stack parameter reading the stage's switch, and the condition "awake" for what exists only while awake.
 
     Props:
-        switch_parameter: the SSM parameter's name, `<ssm_prefix>/endpoint-state`.
+        ssm_prefix: the stage's SSM prefix; the switch is `<ssm_prefix>/endpoint-state`, and the keep-awake mark of
+            its wake schedule `<ssm_prefix>/keep-awake`.
 
     Exposes `parameter`, `awake` (the condition) and `switch_parameter`; `only_while_awake(...)` applies it.
     """
 
-    def __init__(self, scope: Construct, construct_id: str, *, switch_parameter: str) -> None:
+    def __init__(self, scope: Construct, construct_id: str, *, ssm_prefix: str) -> None:
         super().__init__(scope, construct_id)
-        self.switch_parameter = switch_parameter
-        self.keep_awake_parameter = switch_parameter.rsplit("/", 1)[0] + f"/{KEEP_AWAKE_PARAMETER}"
+        self.switch_parameter = f"{ssm_prefix}/{ENDPOINT_STATE_PARAMETER}"
+        self.keep_awake_parameter = f"{ssm_prefix}/{KEEP_AWAKE_PARAMETER}"
         self.parameter = CfnParameter(
             Stack.of(self),
             SWITCH_PARAMETER_LOGICAL_ID,
             type="AWS::SSM::Parameter::Value<String>",
-            default=switch_parameter,
+            default=self.switch_parameter,
             description=f"SSM parameter holding '{AWAKE}' or 'asleep' (mme sleep / mme wake flip it)",
         )
         self.awake = CfnCondition(self, "Awake", expression=Fn.condition_equals(self.parameter.value_as_string, AWAKE))

@@ -15,6 +15,7 @@ from mme import MmeError
 from mme.aws.names import (
     BUCKET_PARAMETER,
     ENDPOINT_NAME_PARAMETER,
+    ENDPOINT_STATE_PARAMETER,
     ENDPOINT_UNIT,
     MODEL_PREFIX_PARAMETER,
     MODEL_STORE_UNIT,
@@ -51,6 +52,11 @@ class DeployedStage:
     def endpoint_stack(self) -> str:
         """Name of the stage's endpoint stack."""
         return self.names.stack_name(ENDPOINT_UNIT)
+
+    @property
+    def switch_parameter(self) -> str:
+        """The stage's sleep switch (`<ssm_prefix>/endpoint-state`)."""
+        return f"{self.names.ssm_prefix}/{ENDPOINT_STATE_PARAMETER}"
 
     def model_key(self, target_model: str) -> str:
         """The S3 key SageMaker loads for `target_model`."""

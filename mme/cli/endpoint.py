@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from mme.aws.endpoint_state import Progress, StageEndpoint
-from mme.aws.names import ASLEEP, AWAKE, ENDPOINT_STATE_PARAMETER
+from mme.aws.names import ASLEEP, AWAKE
 from mme.aws.stage import DeployedStage
 from mme.cli import app
 from mme.cli.output import fail
@@ -32,7 +32,7 @@ def _stage_endpoint(session: object, stage: DeployedStage) -> StageEndpoint:
     return StageEndpoint.of(
         session,
         stack_name=stage.endpoint_stack,
-        switch_parameter=f"{stage.names.ssm_prefix}/{ENDPOINT_STATE_PARAMETER}",
+        switch_parameter=stage.switch_parameter,
         endpoint_name=stage.endpoint_name,
     )
 

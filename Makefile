@@ -11,7 +11,7 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 # TensorFlow's start-up banners say nothing a user can act on.
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup demo serve test lint bench image clean
+.PHONY: setup demo serve test lint bench image clean reliability
 
 setup: $(STAMP)
 
@@ -52,6 +52,11 @@ test: setup lint
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+## reliability: faults, bad input and load against a running `mme serve`, with the 10-minute soak; figures in
+## bench/results/. `make test` runs the same folder without the soak.
+reliability: setup $(DEMO_ARCHIVES)
+	MME_TEST_DEMO_MODELS=$(DEMO_MODELS) $(PY) -m pytest tests/reliability -m ""
 
 ## bench: latency figures, written to bench/results/.
 bench: setup $(DEMO_ARCHIVES)

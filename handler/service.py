@@ -91,7 +91,8 @@ def handle(data: list[dict[str, Any]] | None, context: Any) -> list[bytes] | Non
         try:
             body, content_type = _answer(request, headers, _settings)
         except HandlerError as error:
-            logger.info("request %d rejected with %d: %s", index, error.status, error.message)
+            # Not the message: it may quote the request, and logs never hold request text.
+            logger.info("request %d rejected with %d (%s)", index, error.status, type(error).__name__)
             context.set_response_status(error.status, error.message, index)
             body, content_type = encode_error(error.message), "application/json"
         context.set_response_content_type(index, content_type)

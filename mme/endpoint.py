@@ -25,13 +25,22 @@ from datetime import datetime
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mme import MmeError
 from mme.aws.model_listing import StoredModel, list_store
 from mme.container import LocalContainer
-from mme.errors import ModelError, RequestTimeoutError, SageMakerError, ServiceUnavailableError, ValidationError
+from mme.errors import (
+    InternalFailureError,
+    ModelError,
+    PayloadTooLargeError,
+    RequestTimeoutError,
+    SageMakerError,
+    ServiceUnavailableError,
+    ValidationError,
+)
 from mme.metrics import EndpointMetrics
 from mme.models import CachePolicy, ModelCache
 from mme.store import ModelStore, StoreError, validate_key
@@ -41,9 +50,20 @@ logger = logging.getLogger(__name__)
 TARGET_MODEL = "X-Amzn-SageMaker-Target-Model"
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 INVOKED_VARIANT = "x-Amzn-Invoked-Production-Variant"
-MAX_PAYLOAD_BYTES = 6 * 1024 * 1024  # SageMaker's limit for a real-time invocation
+#: SageMaker's payload limit for a real-time invocation, in MB (``SAGEMAKER_MAX_PAYLOAD_IN_MB``).
+MAX_PAYLOAD_MB = 6
 #: Default seconds a request's body may take to arrive once its headers have (`EndpointConfig.body_timeout_seconds`).
 BODY_TIMEOUT_SECONDS = 30.0
+#: SageMaker's invocation timeout: how long the container may take to answer
+#: (`EndpointConfig.invocation_timeout_seconds`).
+INVOCATION_TIMEOUT_SECONDS = 60.0
+#: Default seconds in-flight requests may take to finish after SIGTERM (`EndpointConfig.shutdown_grace_seconds`):
+#: with the container's own stop it stays within the 30 s SageMaker gives a container between SIGTERM and SIGKILL.
+SHUTDOWN_GRACE_SECONDS = 20.0
+#: Limits on a request's head, above which aiohttp answers 400 before any handler runs: one header line (custom
+#: attributes are at most 1024 characters on SageMaker) and the number of headers.
+MAX_HEADER_LINE_BYTES = 8190
+MAX_HEADERS = 100
 _SUPERVISE_EVERY_SECONDS = 1.0
 
 
@@ -65,6 +85,10 @@ class EndpointConfig:
       runtime, for example an :class:`~mme.image.ImageContainer` serving ``cache_dir/models``.
     - ``body_timeout_seconds`` (default 30): how long a request's body may take to arrive after its headers; a client
       that stalls gets a 408 instead of holding a connection for minutes.
+    - ``max_payload_bytes`` (default 6 MB, SageMaker's): a larger body gets 413 before it is read.
+    - ``invocation_timeout_seconds`` (default 60, SageMaker's): how long the container may take to answer an
+      invocation of a loaded model; then the caller gets SageMaker's ``ModelError`` with status 0 ("timed out").
+    - ``shutdown_grace_seconds`` (default 20): after SIGTERM, how long in-flight requests may take to finish.
     """
 
     store: ModelStore
@@ -76,15 +100,33 @@ class EndpointConfig:
     container_environment: Mapping[str, str] = field(default_factory=dict)
     container: LocalContainer | None = None
     body_timeout_seconds: float = BODY_TIMEOUT_SECONDS
+    max_payload_bytes: int = MAX_PAYLOAD_MB * 1024 * 1024
+    invocation_timeout_seconds: float = INVOCATION_TIMEOUT_SECONDS
+    shutdown_grace_seconds: float = SHUTDOWN_GRACE_SECONDS
 
 
 def _error_response(error: SageMakerError, request_id: str) -> web.Response:
-    return web.Response(
-        status=error.status,
-        body=error.body(),
-        content_type="application/json",
-        headers={"x-amzn-ErrorType": error.code, "x-amzn-RequestId": request_id},
-    )
+    headers = {"x-amzn-RequestId": request_id}
+    if error.code:
+        headers["x-amzn-ErrorType"] = error.code
+    return web.Response(status=error.status, body=error.body(), content_type="application/json", headers=headers)
+
+
+@web.middleware
+async def _no_tracebacks(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A fault of the endpoint itself is a JSON ``InternalFailure`` naming the request; the traceback goes to the log
+    only, never into a response."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception:
+        request_id = str(uuid.uuid4())
+        logger.exception("request %s (%s %s) failed inside the endpoint", request_id, request.method, request.path)
+        error = InternalFailureError(
+            f"the local endpoint failed on this request; its log has the details ({request_id})"
+        )
+        return _error_response(error, request_id)
 
 
 class LocalEndpoint:
@@ -107,7 +149,7 @@ class LocalEndpoint:
 
     def application(self) -> web.Application:
         """The aiohttp application; its lifecycle starts and stops the container."""
-        app = web.Application(client_max_size=MAX_PAYLOAD_BYTES)
+        app = web.Application(client_max_size=self.config.max_payload_bytes, middlewares=[_no_tracebacks])
         app.router.add_post("/endpoints/{endpoint_name}/invocations", self.invoke)
         app.router.add_get("/ping", self.ping)
         app.router.add_get("/metrics", self.prometheus)
@@ -188,7 +230,8 @@ class LocalEndpoint:
         except SageMakerError as error:
             self.metrics.errors.labels(model=key or "-", error=error.code).inc()
             if isinstance(error, ModelError):
-                logger.info("%s -> %s %d: %s", key, error.code, error.original_status, error.message)
+                # Not the message: the container's answer may quote the request, and logs never hold request text.
+                logger.info("%s -> %s %d", key, error.code, error.original_status)
             return _error_response(error, request_id)
         self.metrics.invocations.labels(model=key).inc()
         self.metrics.latency_seconds.labels(model=key).observe(time.monotonic() - started)
@@ -207,10 +250,14 @@ class LocalEndpoint:
             validate_key(key)
         except StoreError as error:
             raise ValidationError(str(error)) from None
+        limit = self.config.max_payload_bytes
+        too_large = PayloadTooLargeError(f"HTTP content length exceeded {limit} bytes.")
+        if (request.content_length or 0) > limit:
+            raise too_large
         try:
             body = await asyncio.wait_for(request.read(), timeout=self.config.body_timeout_seconds)
-        except web.HTTPRequestEntityTooLarge:
-            raise ValidationError(f"the request body is larger than {MAX_PAYLOAD_BYTES} bytes") from None
+        except web.HTTPRequestEntityTooLarge:  # a chunked body, whose length shows only while it is read
+            raise too_large from None
         except TimeoutError:
             raise RequestTimeoutError(
                 f"the request body did not arrive within {self.config.body_timeout_seconds:g} s of its headers"
@@ -224,7 +271,21 @@ class LocalEndpoint:
         for attempt in range(2):
             model = await self.cache.acquire(key)
             try:
-                answer = await self.cache.invoke(model, body, headers)
+                answer = await asyncio.wait_for(
+                    self.cache.invoke(model, body, headers), timeout=self.config.invocation_timeout_seconds
+                )
+            except TimeoutError:
+                await self.cache.replace_unresponsive(model)
+                # SageMaker's words and shape for a container that does not answer in time.
+                message = (
+                    "Your invocation timed out while waiting for a response from container primary "
+                    f"(after {self.config.invocation_timeout_seconds:g} s)."
+                )
+                raise ModelError(
+                    f'Received server error (0) from primary with message "{message}"',
+                    original_status=0,
+                    original_message=message,
+                ) from None
             finally:
                 await self.cache.release(model)
             if answer.status == 200:
@@ -251,7 +312,16 @@ class LocalEndpoint:
 
 async def _serve(config: EndpointConfig, host: str, port: int, on_ready: Callable[[str], None]) -> None:
     endpoint = LocalEndpoint(config)
-    runner = web.AppRunner(endpoint.application(), access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        endpoint.application(),
+        access_log=None,
+        handle_signals=False,
+        # On SIGTERM the listener closes at once, and requests in flight get this long to finish.
+        shutdown_timeout=config.shutdown_grace_seconds,
+        max_line_size=MAX_HEADER_LINE_BYTES,
+        max_field_size=MAX_HEADER_LINE_BYTES,
+        max_headers=MAX_HEADERS,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -19,6 +19,8 @@ class SageMakerError(Exception):
     def body(self) -> bytes:
         """The JSON body botocore's rest-json parser reads (``__type`` gives the class, ``message`` the text)."""
         shape = {"__type": self.code, "message": self.message, "Message": self.message, **self.fields}
+        if not self.code:
+            del shape["__type"]
         return json.dumps(shape).encode()
 
 
@@ -27,6 +29,14 @@ class ValidationError(SageMakerError):
 
     code = "ValidationError"
     status = 400
+
+
+class PayloadTooLargeError(SageMakerError):
+    """413: the body is above the endpoint's payload limit. SageMaker's front end answers this without an error type,
+    so botocore raises a plain ``ClientError`` whose code is ``"413"``, as on AWS."""
+
+    code = ""
+    status = 413
 
 
 class ModelError(SageMakerError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import logging
 import shutil
 import time
@@ -31,6 +32,8 @@ from mme.store import ModelNotFoundError, ModelStore, StoreError
 logger = logging.getLogger(__name__)
 
 _PARTIAL = ".partial"
+#: Default seconds a model may take to load into the container (`CachePolicy.load_timeout_seconds`).
+LOAD_TIMEOUT_SECONDS = 120.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,6 +47,9 @@ class CachePolicy:
       ``ModelCacheSetting=Disabled``.
     - ``load_wait_seconds`` (default 60, SageMaker's invocation timeout): how long a request waits for a cold
       load before it gets ``ModelNotReadyException``; the load goes on.
+    - ``load_timeout_seconds`` (default 120): a load that takes longer is abandoned (the model unregistered, its
+      workers stopped, its copy removed) and fails with ``ModelError``, so a hanging load cannot hold up the loads
+      queued behind it for more than this. Loads run one at a time, so budgets are never overshot.
     - ``max_archive_bytes`` (default 10 GiB): larger archives are refused before download.
     """
 
@@ -51,6 +57,7 @@ class CachePolicy:
     memory_budget_bytes: int | None = None
     keep_loaded: bool = True
     load_wait_seconds: float = 60.0
+    load_timeout_seconds: float = LOAD_TIMEOUT_SECONDS
     max_archive_bytes: int = 10 * 1024**3
 
 
@@ -85,6 +92,7 @@ class ModelCache:
         self.metrics = metrics
         self._loaded: dict[str, LoadedModel] = {}
         self._loading: dict[str, asyncio.Task[LoadedModel]] = {}
+        self._background: set[asyncio.Task[None]] = set()
         # Loads and evictions change the container's loaded set one at a time, so budgets are never overshot.
         self._capacity = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
@@ -119,7 +127,7 @@ class ModelCache:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        for task in list(self._loading.values()):
+        for task in [*self._loading.values(), *self._background]:
             task.cancel()
         if self._session is not None:
             await self._session.close()
@@ -220,41 +228,16 @@ class ModelCache:
             await self._make_room()
             started = time.monotonic()
             workers_before = {process.pid for process in self.container.worker_processes()}
-            attempts_left = 1
-            while True:
-                self._take_load_error(name)  # a reason left by an earlier attempt is not this one's
-                answer = await self._call(
-                    "POST", "/models", json={"model_name": name, "url": self.container.model_url(path)}
+            try:
+                await asyncio.wait_for(
+                    self._load_into_container(key, name, path, workers_before), self.policy.load_timeout_seconds
                 )
-                if answer.status == 200:
-                    break
-                reason = self._take_load_error(name)
-                # MMS keeps a failed model registered with no workers (and may leave a worker blocked): clean up.
-                removed = await self._discard_failed_load(name)
-                self._kill_new_workers(workers_before)
-                logger.info("loading %s answered %d; unregistered it [%d]", key, answer.status, removed.status)
-                if answer.status == 409 and attempts_left > 0:
-                    # Registered but not serving (a load that failed before): now unregistered, so load again.
-                    attempts_left -= 1
-                    continue
-                if answer.status == 507:
-                    victim = self._least_recently_used()
-                    if victim is not None:
-                        await self._evict(victim, reason=f"container out of memory loading {key}")
-                        continue
-                    await asyncio.to_thread(shutil.rmtree, path, True)  # a failed load leaves nothing in the cache
-                    raise ModelError(
-                        f"model {key} does not fit in the container's memory even with no other model loaded"
-                        + (f": {reason}" if reason else ""),
-                        original_status=answer.status,
-                        original_message=answer.text,
-                    )
-                await asyncio.to_thread(shutil.rmtree, path, True)
-                raise ModelError(
-                    f"the container could not load model {key}: {reason or answer.text}",
-                    original_status=answer.status,
-                    original_message=answer.text,
+            except TimeoutError:
+                self._abandon_load(key, name)
+                message = (
+                    f"model {key} did not load within {self.policy.load_timeout_seconds:g} s; its load was abandoned"
                 )
+                raise ModelError(message, original_status=0, original_message=message) from None
             elapsed = time.monotonic() - started
             self.metrics.load_seconds.observe(elapsed)
             self.metrics.loads.inc()
@@ -263,6 +246,70 @@ class ModelCache:
             self.metrics.loaded_models.set(len(self._loaded))
             logger.info("loaded %s as %s in %.2f s (%d loaded)", key, name, elapsed, len(self._loaded))
             return model
+
+    def _abandon_load(self, key: str, name: str) -> None:
+        """Stop a load that hangs: kill its workers now, and unregister it in the background.
+
+        MMS answers the ``DELETE`` only once it gives up on the stuck load itself (its own response timeout), so
+        nobody waits for that; a new load of the model meanwhile gets 409 and unregisters it first. The extracted copy
+        stays: the archive was fine, its load hung.
+        """
+        killed = self._kill_workers_of(name)
+        logger.error(
+            "loading %s took longer than %g s: abandoned it, stopped %d worker processes",
+            key, self.policy.load_timeout_seconds, killed,
+        )  # fmt: skip
+
+        async def unregister() -> None:
+            removed = await self._discard_failed_load(name)
+            self._kill_workers_of(name)  # any worker MMS started again for it meanwhile
+            logger.info("unregistered the abandoned load of %s [%d]", key, removed.status)
+
+        task = asyncio.create_task(unregister(), name=f"abandon {key}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _load_into_container(self, key: str, name: str, path: Path, workers_before: set[int]) -> None:
+        """``POST /models`` until it answers 200, cleaning up after a failed attempt and evicting on 507.
+
+        Raises:
+            ModelError: the container refused the model (its copy is removed).
+        """
+        attempts_left = 1
+        while True:
+            self._take_load_error(name)  # a reason left by an earlier attempt is not this one's
+            answer = await self._call(
+                "POST", "/models", json={"model_name": name, "url": self.container.model_url(path)}
+            )
+            if answer.status == 200:
+                return
+            reason = self._take_load_error(name)
+            # MMS keeps a failed model registered with no workers (and may leave a worker blocked): clean up.
+            removed = await self._discard_failed_load(name)
+            self._kill_new_workers(workers_before)
+            logger.info("loading %s answered %d; unregistered it [%d]", key, answer.status, removed.status)
+            if answer.status == 409 and attempts_left > 0:
+                # Registered but not serving (a load that failed before): now unregistered, so load again.
+                attempts_left -= 1
+                continue
+            if answer.status == 507:
+                victim = self._least_recently_used()
+                if victim is not None:
+                    await self._evict(victim, reason=f"container out of memory loading {key}")
+                    continue
+                await asyncio.to_thread(shutil.rmtree, path, True)  # a failed load leaves nothing in the cache
+                raise ModelError(
+                    f"model {key} does not fit in the container's memory even with no other model loaded"
+                    + (f": {reason}" if reason else ""),
+                    original_status=answer.status,
+                    original_message=answer.text,
+                )
+            await asyncio.to_thread(shutil.rmtree, path, True)
+            raise ModelError(
+                f"the container could not load model {key}: {reason or answer.text}",
+                original_status=answer.status,
+                original_message=answer.text,
+            )
 
     def _take_load_error(self, name: str) -> str | None:
         """The handler's reason for the last failed load of ``name`` (MMS says only "Failed to start workers")."""
@@ -360,6 +407,33 @@ class ModelCache:
                 return False
             await self._evict(victim, reason=f"container out of memory predicting with {model.key}")
             return True
+
+    async def replace_unresponsive(self, model: LoadedModel) -> None:
+        """``model`` did not answer within the invocation timeout: stop its workers and unload it, so the next request
+        loads it afresh instead of queueing behind a stuck worker (MMS itself waits out its own, longer, timeout)."""
+        async with self._capacity:
+            if self._loaded.get(model.key) is not model:
+                return  # already replaced by a request that timed out with it
+            self.forget(model)
+            killed = self._kill_workers_of(model.name)
+            removed = await self._discard_failed_load(model.name)
+            self.metrics.unloads.inc()
+            logger.error(
+                "%s (%s) did not answer in time: stopped %d worker processes and unloaded it [%d]; the next request "
+                "loads it again", model.key, model.name, killed, removed.status,
+            )  # fmt: skip
+
+    def _kill_workers_of(self, name: str) -> int:
+        """Kill the worker processes of model ``name`` (MMS names the model on each worker's command line, and the
+        process that predicts is a fork of the one MMS started); how many were killed."""
+        killed = 0
+        for process in self.container.worker_processes():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                arguments = process.cmdline()
+                if any(flag == "--model-name" and value == name for flag, value in itertools.pairwise(arguments)):
+                    process.kill()
+                    killed += 1
+        return killed
 
     def forget(self, model: LoadedModel) -> None:
         """The container no longer has ``model`` (it answered 404): load it again on next use."""

@@ -15,7 +15,8 @@ from handler.settings import DEFAULT_TOKENIZER_VARIABLE
 from mme.archive import ARCHIVE_SUFFIX
 from mme.cli import app, error_message
 from mme.cli.output import environment_pairs, fail, parse_size
-from mme.endpoint import BODY_TIMEOUT_SECONDS
+from mme.endpoint import BODY_TIMEOUT_SECONDS, INVOCATION_TIMEOUT_SECONDS, SHUTDOWN_GRACE_SECONDS
+from mme.models import LOAD_TIMEOUT_SECONDS
 
 if TYPE_CHECKING:
     from mme.container import LocalContainer
@@ -140,9 +141,18 @@ def serve(
     load_wait_seconds: Annotated[
         float, typer.Option(min=0.0, help="How long a request waits for a cold load before ModelNotReadyException.")
     ] = 60.0,
+    load_timeout_seconds: Annotated[
+        float, typer.Option(min=0.1, help="How long a model may take to load before the load is abandoned.")
+    ] = LOAD_TIMEOUT_SECONDS,
     body_timeout_seconds: Annotated[
         float, typer.Option(min=0.1, help="How long a request's body may take after its headers before a 408.")
     ] = BODY_TIMEOUT_SECONDS,
+    invocation_timeout_seconds: Annotated[
+        float, typer.Option(min=0.1, help="How long a loaded model may take to answer (SageMaker: 60 s).")
+    ] = INVOCATION_TIMEOUT_SECONDS,
+    shutdown_grace_seconds: Annotated[
+        float, typer.Option(min=0.0, max=25.0, help="After SIGTERM, how long requests in flight may take to finish.")
+    ] = SHUTDOWN_GRACE_SECONDS,
     container_env: Annotated[
         list[str] | None, typer.Option(help="Container tunable NAME=VALUE (repeatable), e.g. MME_LOG_LEVEL=DEBUG.")
     ] = None,
@@ -166,6 +176,7 @@ def serve(
     ] = None,
 ) -> None:
     """Run a local multi-model endpoint with SageMaker's runtime API, backed by the real container software."""
+    from handler.settings import ServingSettings, SettingsError
     from mme.container import ContainerError
     from mme.endpoint import EndpointConfig, run_endpoint
     from mme.models import CachePolicy
@@ -175,6 +186,11 @@ def serve(
     logging.getLogger("mme").setLevel(min(logging.getLogger("mme").getEffectiveLevel(), logging.INFO))
     budget = parse_size(memory_budget) if memory_budget is not None else None
     environment = environment_pairs(container_env or [])
+    try:
+        # The container's own settings, read the way it reads them: the body limit is the same on both sides.
+        container_settings = ServingSettings.from_env(environment)
+    except SettingsError as error:
+        raise fail(f"--container-env: {error}") from None
     if memory is not None and image is None:
         raise fail("--memory limits the image's container: give --image too")
     if default_tokenizer is not None:
@@ -199,9 +215,13 @@ def serve(
                 memory_budget_bytes=budget,
                 keep_loaded=model_cache is ModelCacheSetting.enabled,
                 load_wait_seconds=load_wait_seconds,
+                load_timeout_seconds=load_timeout_seconds,
             ),
             container_environment=environment,
             body_timeout_seconds=body_timeout_seconds,
+            max_payload_bytes=container_settings.max_payload_mb * 1024 * 1024,
+            invocation_timeout_seconds=invocation_timeout_seconds,
+            shutdown_grace_seconds=shutdown_grace_seconds,
             container=_image_container(
                 image, run_dir=Path(run_dir), cache_dir=cache_dir, environment=environment, memory=memory,
                 default_tokenizer=default_tokenizer,

@@ -72,6 +72,15 @@ def _answer(request: dict[str, Any], headers: dict[str, str], settings: ServingS
     return encode_response(predictions, decoded, accept, raw=raw), accept
 
 
+def reason_phrase(message: str) -> str:
+    """``message`` as an HTTP reason phrase MMS can carry: ASCII only (``\\u00a1`` for ``¡``); the body has it exact.
+
+    MMS 1.1.11's worker frames the phrase with its length in characters but writes its UTF-8 bytes, so one non-ASCII
+    character (a JSON key quoted back to the client, say) desynchronises the stream and MMS kills the worker.
+    """
+    return message.encode("ascii", "backslashreplace").decode("ascii")
+
+
 def handle(data: list[dict[str, Any]] | None, context: Any) -> list[bytes] | None:
     """MMS's entry point: load on ``None``, else answer every request in ``data``, in order.
 
@@ -93,7 +102,7 @@ def handle(data: list[dict[str, Any]] | None, context: Any) -> list[bytes] | Non
         except HandlerError as error:
             # Not the message: it may quote the request, and logs never hold request text.
             logger.info("request %d rejected with %d (%s)", index, error.status, type(error).__name__)
-            context.set_response_status(error.status, error.message, index)
+            context.set_response_status(error.status, reason_phrase(error.message), index)
             body, content_type = encode_error(error.message), "application/json"
         context.set_response_content_type(index, content_type)
         # No response headers, on purpose (so X-Amzn-SageMaker-Custom-Attributes is not echoed): MMS 1.1.11's front

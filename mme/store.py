@@ -86,6 +86,9 @@ class LocalStore:
 
     def stat(self, key: str) -> ArchiveInfo:
         path = self._path(key)
+        if PurePosixPath(key).as_posix() != key:
+            # A path would find "a.tar.gz" for "a.tar.gz/", "./a.tar.gz" or "x//a.tar.gz"; S3 holds no such keys.
+            raise ModelNotFoundError(f"could not find model data for {key[:80]!r}: no archive has that exact key")
         try:
             found = path.is_file()
         except OSError as error:  # e.g. a segment longer than a file name may be: no such archive can exist

@@ -38,3 +38,13 @@ def test_long_keys_that_exist_are_served(tmp_path: Path) -> None:
     name = "m" * 240 + ".tar.gz"
     (tmp_path / name).write_bytes(b"archive")
     assert LocalStore(tmp_path).stat(name).size == len(b"archive")
+
+
+@pytest.mark.parametrize("key", ["a.tar.gz/", "./a.tar.gz", "team//b.tar.gz", "team/./b.tar.gz"])
+def test_a_key_that_only_a_path_would_match_is_not_found(tmp_path: Path, key: str) -> None:
+    # S3 holds no object under these keys; a folder store must not find the file they normalise to.
+    (tmp_path / "a.tar.gz").write_bytes(b"archive")
+    (tmp_path / "team").mkdir()
+    (tmp_path / "team" / "b.tar.gz").write_bytes(b"archive")
+    with pytest.raises(ModelNotFoundError, match="no archive has that exact key"):
+        LocalStore(tmp_path).stat(key)

@@ -184,7 +184,8 @@ def _named_cases() -> list[Case]:
     # Unknown, hostile and over-long models.
     models = ["missing.tar.gz", "../sentiment.tar.gz", "/etc/passwd", "team-a/../../x.tar.gz", "a" * 300 + ".tar.gz",
               "a/" * 600, "%2e%2e/sentiment.tar.gz", "sentiment.tar.gz/", ".", "..", "escape.tar.gz",
-              "symlink.tar.gz", "x" * 1100, "sentiment.tar.gz\t", "\x7f"]  # fmt: skip
+              "symlink.tar.gz", "x" * 1100, "Sentiment.tar.gz", "./sentiment.tar.gz", "team-a//topic-v2.tar.gz",
+              "sentiment", "\x7f"]  # fmt: skip
     cases += [Case(f"model {model[:40]!r}", GOOD_BODY, {"X-Amzn-SageMaker-Target-Model": model}) for model in models]
     # Oversized payloads: above the limit, declared or streamed in chunks.
     cases.append(Case("payload above the limit", b"a" * (PAYLOAD_LIMIT + 1), status=413))

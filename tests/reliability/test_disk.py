@@ -194,7 +194,9 @@ def _install(
     return unloaded
 
 
-def test_room_comes_from_unloaded_copies_first_then_from_unloading(tmp_path: Path, demo_archives: dict) -> None:
+def test_room_comes_from_unloaded_copies_first_then_from_unloading(
+    tmp_path: Path, demo_archives: dict[str, Path]
+) -> None:
     archive = demo_archives["sentiment"]
     archive_bytes, content = _sizes(archive)
     now = time.time()
@@ -216,7 +218,9 @@ def test_room_comes_from_unloaded_copies_first_then_from_unloading(tmp_path: Pat
     assert storage.used_bytes() <= storage.max_bytes
 
 
-def test_a_model_larger_than_the_whole_limit_is_refused_naming_the_option(tmp_path: Path, demo_archives: dict) -> None:
+def test_a_model_larger_than_the_whole_limit_is_refused_naming_the_option(
+    tmp_path: Path, demo_archives: dict[str, Path]
+) -> None:
     archive = demo_archives["sentiment"]
     archive_bytes, content = _sizes(archive)
     storage = CacheStorage(tmp_path, max_bytes=archive_bytes + content - 1)
@@ -227,7 +231,7 @@ def test_a_model_larger_than_the_whole_limit_is_refused_naming_the_option(tmp_pa
     assert list((tmp_path / "downloads").iterdir()) == []
 
 
-def test_disk_full_deletes_unloaded_copies_and_tries_once_more(tmp_path: Path, demo_archives: dict) -> None:
+def test_disk_full_deletes_unloaded_copies_and_tries_once_more(tmp_path: Path, demo_archives: dict[str, Path]) -> None:
     archive = demo_archives["sentiment"]
     storage = CacheStorage(tmp_path, max_bytes=10**9)
     storage.prepare()
@@ -248,7 +252,9 @@ def test_disk_full_deletes_unloaded_copies_and_tries_once_more(tmp_path: Path, d
     assert list((tmp_path / "downloads").iterdir()) == []
 
 
-def test_disk_full_with_nothing_to_delete_is_a_503_that_leaves_nothing(tmp_path: Path, demo_archives: dict) -> None:
+def test_disk_full_with_nothing_to_delete_is_a_503_that_leaves_nothing(
+    tmp_path: Path, demo_archives: dict[str, Path]
+) -> None:
     archive = demo_archives["sentiment"]
     storage = CacheStorage(tmp_path, max_bytes=10**9)
     storage.prepare()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import tarfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from mme import MmeError
@@ -73,42 +74,99 @@ def extraction_allowance(archive_bytes: int) -> int:
     return max(MAX_EXPANSION * archive_bytes, MIN_EXTRACTED_ALLOWANCE)
 
 
+class CheckedArchive:
+    """An archive whose every member passed the checks, still open: `content_bytes` is what it unpacks to, known
+    before anything is written, so a caller can make room first. Use it as a context manager."""
+
+    def __init__(self, path: Path, tar: tarfile.TarFile, members: list[tarfile.TarInfo], content_bytes: int) -> None:
+        self.path = path
+        self.content_bytes = content_bytes
+        self._tar = tar
+        self._members = members
+
+    def extract_to(self, destination: Path) -> Path:
+        """Write the checked members into ``destination`` (created).
+
+        Raises:
+            ArchiveError: the data turns out unreadable (a truncated or corrupt gzip stream) or breaks a rule.
+            OSError: ``destination`` cannot be written (disk full, read-only, permissions): the cache's problem, not
+                the archive's, so it is not worded as a refusal.
+        """
+        try:
+            destination.mkdir(parents=True, exist_ok=True)
+            # The "data" filter re-checks the rules as it writes, and drops modes a model never needs.
+            self._tar.extractall(destination, members=self._members, filter="data")
+        except tarfile.FilterError as error:
+            raise ArchiveError(f"{self.path.name} is refused: {error}") from None
+        except OSError as error:
+            if error.errno is not None:  # gzip's format errors carry no errno; the disk's do
+                raise
+            raise ArchiveError(f"{self.path.name} is not a readable .tar.gz archive: {error}") from None
+        except (tarfile.TarError, EOFError, zlib.error) as error:
+            raise ArchiveError(f"{self.path.name} is not a readable .tar.gz archive: {error}") from None
+        return destination
+
+    def close(self) -> None:
+        self._tar.close()
+
+    def __enter__(self) -> CheckedArchive:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def check_archive(archive: Path) -> CheckedArchive:
+    """Open ``archive`` and check every member from the tar headers, writing nothing: it must hold no absolute path,
+    ``..``, link leaving the folder or special file, and unpack to at most `extraction_allowance` bytes in at most
+    `MAX_MEMBERS` entries.
+
+    Raises:
+        ArchiveError: the file is not a gzip tar, or breaks one of the rules above.
+    """
+    allowance = extraction_allowance(archive.stat().st_size) if archive.is_file() else 0
+    try:
+        tar = tarfile.open(archive, "r:*")  # noqa: SIM115 - handed over open; CheckedArchive closes it
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
+        raise ArchiveError(f"{archive.name} is not a readable .tar.gz archive: {error}") from None
+    try:
+        members = []
+        total = 0
+        # Read header by header, so a bomb of entries is stopped at the limit rather than listed whole.
+        for member in tar:
+            reason = _refusal(member)
+            if reason is not None:
+                raise ArchiveError(f"{archive.name} is refused: {reason}")
+            members.append(member)
+            total += member.size if member.isfile() else 0
+            if len(members) > MAX_MEMBERS:
+                raise ArchiveError(f"{archive.name} is refused: it holds more than {MAX_MEMBERS} entries")
+            if total > allowance:
+                raise ArchiveError(
+                    f"{archive.name} is refused: it unpacks to more than {allowance} bytes, {MAX_EXPANSION} "
+                    f"times its own size (a model's weights hardly compress)"
+                )
+        if not members:
+            raise ArchiveError(f"{archive.name} is refused: it is empty")
+    except ArchiveError:
+        tar.close()
+        raise
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
+        tar.close()
+        raise ArchiveError(f"{archive.name} is not a readable .tar.gz archive: {error}") from None
+    return CheckedArchive(archive, tar, members, total)
+
+
 def extract_archive(archive: Path, destination: Path) -> Path:
     """Extract ``archive`` into ``destination`` (created), refusing anything that would land outside it, and
     anything that would unpack to more than `extraction_allowance` bytes or `MAX_MEMBERS` entries.
 
-    Every member is checked, from the tar headers, before anything is written.
+    Every member is checked, from the tar headers, before anything is written (`check_archive`).
 
     Raises:
         ArchiveError: the file is not a gzip tar, or holds an absolute path, ``..``, a link leaving the folder,
             a device file, too many entries or too many bytes; nothing outside ``destination`` is written.
+        OSError: ``destination`` cannot be written (disk full, read-only, permissions).
     """
-    allowance = extraction_allowance(archive.stat().st_size) if archive.is_file() else 0
-    try:
-        with tarfile.open(archive, "r:*") as tar:
-            members = []
-            total = 0
-            # Read header by header, so a bomb of entries is stopped at the limit rather than listed whole.
-            for member in tar:
-                reason = _refusal(member)
-                if reason is not None:
-                    raise ArchiveError(f"{archive.name} is refused: {reason}")
-                members.append(member)
-                total += member.size if member.isfile() else 0
-                if len(members) > MAX_MEMBERS:
-                    raise ArchiveError(f"{archive.name} is refused: it holds more than {MAX_MEMBERS} entries")
-                if total > allowance:
-                    raise ArchiveError(
-                        f"{archive.name} is refused: it unpacks to more than {allowance} bytes, {MAX_EXPANSION} "
-                        f"times its own size (a model's weights hardly compress)"
-                    )
-            if not members:
-                raise ArchiveError(f"{archive.name} is refused: it is empty")
-            destination.mkdir(parents=True, exist_ok=True)
-            # The "data" filter re-checks all of the above as it writes, and drops modes a model never needs.
-            tar.extractall(destination, members=members, filter="data")
-    except tarfile.FilterError as error:
-        raise ArchiveError(f"{archive.name} is refused: {error}") from None
-    except (tarfile.TarError, EOFError, OSError) as error:
-        raise ArchiveError(f"{archive.name} is not a readable .tar.gz archive: {error}") from None
-    return destination
+    with check_archive(archive) as checked:
+        return checked.extract_to(destination)

@@ -65,7 +65,9 @@ class ModelNotReadyError(SageMakerError):
 
 
 class ServiceUnavailableError(SageMakerError):
-    """503: the container is down or restarting."""
+    """503: the container is down or restarting, or the model cache's disk is full or cannot be written: the request
+    itself was fine and may succeed later (botocore retries a 503), unlike a 400 (fix the request) or a 424 (the
+    model failed)."""
 
     code = "ServiceUnavailable"
     status = 503

@@ -15,7 +15,6 @@ import itertools
 import logging
 import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import aiohttp
 import psutil
 import requests
 
-from mme.archive import ArchiveError, extract_archive
+from mme.cache_storage import DEFAULT_MAX_CACHE_BYTES, CacheStorage
 from mme.container import LocalContainer, Response
 from mme.errors import ModelError, ModelNotReadyError, ServiceUnavailableError, ValidationError
 from mme.metrics import EndpointMetrics
@@ -31,14 +30,13 @@ from mme.store import ModelNotFoundError, ModelStore, StoreError
 
 logger = logging.getLogger(__name__)
 
-_PARTIAL = ".partial"
 #: Default seconds a model may take to load into the container (`CachePolicy.load_timeout_seconds`).
 LOAD_TIMEOUT_SECONDS = 120.0
 
 
 @dataclass(frozen=True, kw_only=True)
 class CachePolicy:
-    """How many models stay loaded.
+    """How many models stay loaded, and how much disk their copies may take.
 
     - ``max_loaded_models`` (default: no limit): the most models loaded at once.
     - ``memory_budget_bytes`` (default: no limit): resident memory the model workers may use together; a model is
@@ -51,6 +49,10 @@ class CachePolicy:
       workers stopped, its copy removed) and fails with ``ModelError``, so a hanging load cannot hold up the loads
       queued behind it for more than this. Loads run one at a time, so budgets are never overshot.
     - ``max_archive_bytes`` (default 10 GiB): larger archives are refused before download.
+    - ``max_cache_bytes`` (default 20 GiB, twice ``max_archive_bytes``: what the largest accepted archive of hardly
+      compressible weights needs while it is extracted): the most the extracted copies and the downloads in flight
+      may take in ``cache_dir``, like an instance's storage on AWS; least recently used copies are deleted first
+      (see :mod:`mme.cache_storage`). Without a limit, a cache kept across runs grows by every model ever tried.
     """
 
     max_loaded_models: int | None = None
@@ -59,6 +61,7 @@ class CachePolicy:
     load_wait_seconds: float = 60.0
     load_timeout_seconds: float = LOAD_TIMEOUT_SECONDS
     max_archive_bytes: int = 10 * 1024**3
+    max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES
 
 
 @dataclass(eq=False)
@@ -96,9 +99,8 @@ class ModelCache:
         # Loads and evictions change the container's loaded set one at a time, so budgets are never overshot.
         self._capacity = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
-        for folder in (self.models_dir, self.downloads_dir):
-            folder.mkdir(parents=True, exist_ok=True)
-        self._remove_partial_files()
+        self.storage = CacheStorage(self.cache_dir, max_bytes=policy.max_cache_bytes)
+        self.storage.prepare()  # an unwritable folder raises CacheStorageError: mme serve refuses to start
 
     @property
     def models_dir(self) -> Path:
@@ -107,15 +109,6 @@ class ModelCache:
     @property
     def downloads_dir(self) -> Path:
         return self.cache_dir / "downloads"
-
-    def _remove_partial_files(self) -> None:
-        # Downloads and extractions are renamed into place when complete: anything partial is from a killed run.
-        for folder in (self.models_dir, self.downloads_dir):
-            for leftover in folder.glob(f"*{_PARTIAL}*"):
-                if leftover.is_dir():
-                    shutil.rmtree(leftover, ignore_errors=True)
-                else:
-                    leftover.unlink(missing_ok=True)
 
     @property
     def loaded(self) -> dict[str, LoadedModel]:
@@ -221,8 +214,9 @@ class ModelCache:
         # Opaque, and new whenever the archive changes, so a rewritten key never serves a stale copy.
         name = "m" + hashlib.sha256(f"{self.store.uri}\0{key}\0{info.version}".encode()).hexdigest()[:24]
         path = self.models_dir / name
+        self.storage.hold(name, key)  # before looking: a clean-up for another install must not take it meanwhile
         if not path.is_dir():
-            await asyncio.to_thread(self._download_and_extract, key, info.size, name, path)
+            await self._download_and_extract(key, info.size, name, path)
 
         async with self._capacity:
             await self._make_room()
@@ -321,31 +315,49 @@ class ModelCache:
         path.unlink(missing_ok=True)
         return reason or None
 
-    def _download_and_extract(self, key: str, size: int, name: str, path: Path) -> None:
-        archive = self.downloads_dir / f"{name}.tar.gz{_PARTIAL}"
+    async def _download_and_extract(self, key: str, size: int, name: str, path: Path) -> None:
+        """Install ``key`` into ``path`` within the cache's disk limit (:meth:`CacheStorage.install`: its errors)."""
+        await self.storage.install(
+            key=key,
+            name=name,
+            archive_bytes=size,
+            destination=path,
+            download=lambda archive: self._download(key, size, archive),
+            in_use=self._copies_in_use,
+            unload_least_recently_used=self._unload_for_disk,
+        )
+
+    def _download(self, key: str, size: int, archive: Path) -> None:
         started = time.monotonic()
         try:
             self.store.download(key, archive)
         except Exception as error:  # OSError, or any of botocore's errors, which share no useful base class
             archive.unlink(missing_ok=True)
+            cache_problem = self.storage.write_error(error)
+            if cache_problem is not None:  # the cache's disk, not the store: CacheStorage words it
+                raise cache_problem from None
             raise ValidationError(f"Failed to download model data for TargetModel {key!r}: {error}") from None
         downloaded = archive.stat().st_size
         if downloaded != size:
             archive.unlink(missing_ok=True)
             raise ValidationError(f"model data for {key!r} changed during download ({downloaded} != {size} bytes)")
         self.metrics.download_seconds.observe(time.monotonic() - started)
-        staging = self.models_dir / f"{name}{_PARTIAL}-{uuid.uuid4().hex[:8]}"
-        try:
-            extract_archive(archive, staging)
-            staging.rename(path)
-        except ArchiveError as error:
-            raise ValidationError(f"model data for TargetModel {key!r} is refused: {error}") from None
-        except OSError:
-            if not path.is_dir():  # another process may have won the rename: its copy is as good
-                raise
-        finally:
-            archive.unlink(missing_ok=True)
-            shutil.rmtree(staging, ignore_errors=True)
+
+    def _copies_in_use(self) -> dict[str, float]:
+        """Model folders that must stay (loaded, or installed for a load going on) -> last use, epoch seconds."""
+        now, wall_clock = time.monotonic(), time.time()
+        in_use = dict.fromkeys(self.storage.installed_for(self._loading), wall_clock)
+        in_use.update({model.name: wall_clock - (now - model.last_used) for model in self._loaded.values()})
+        return in_use
+
+    async def _unload_for_disk(self) -> Path | None:
+        """Unload the least recently used model so its copy can be deleted: its folder, or None if none is loaded."""
+        async with self._capacity:
+            victim = self._least_recently_used()
+            if victim is None:
+                return None
+            await self._evict(victim, reason=f"model cache on disk at its limit of {self.policy.max_cache_bytes} bytes")
+            return victim.path
 
     def _kill_new_workers(self, before: set[int]) -> None:
         registered = {process.pid for process in self.container.worker_processes()} - before
@@ -392,6 +404,8 @@ class ModelCache:
         self._loaded.pop(model.key, None)
         self.metrics.loaded_models.set(len(self._loaded))
         answer = await self._unload_from_container(model.name)
+        # Its copy's last use, kept on disk so the order of deleting unloaded copies survives a restart.
+        self.storage.record_use(model.path, time.time() - (time.monotonic() - model.last_used))
         elapsed = time.monotonic() - started
         self.metrics.unload_seconds.observe(elapsed)
         self.metrics.unloads.inc()

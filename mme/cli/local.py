@@ -131,6 +131,13 @@ def serve(
     cache_dir: Annotated[
         Path, typer.Option(help="Downloaded and extracted models; kept across runs.")
     ] = DEFAULT_CACHE_DIR,
+    max_cache_size: Annotated[
+        str | None,
+        typer.Option(
+            help="Disk the cache's models and downloads may take, e.g. 5GiB; least recently used copies are deleted "
+            "first. Default: 20GiB."
+        ),
+    ] = None,
     max_loaded_models: Annotated[int | None, typer.Option(min=1, help="Most models loaded at once.")] = None,
     memory_budget: Annotated[
         str | None, typer.Option(help="Resident memory all model workers may use, e.g. 4GiB. Default: no limit.")
@@ -177,6 +184,7 @@ def serve(
 ) -> None:
     """Run a local multi-model endpoint with SageMaker's runtime API, backed by the real container software."""
     from handler.settings import ServingSettings, SettingsError
+    from mme.cache_storage import DEFAULT_MAX_CACHE_BYTES, check_writable
     from mme.container import ContainerError
     from mme.endpoint import EndpointConfig, run_endpoint
     from mme.models import CachePolicy
@@ -185,6 +193,7 @@ def serve(
     # One line per load and unload, with timings, is part of what the command shows.
     logging.getLogger("mme").setLevel(min(logging.getLogger("mme").getEffectiveLevel(), logging.INFO))
     budget = parse_size(memory_budget) if memory_budget is not None else None
+    cache_bytes = parse_size(max_cache_size) if max_cache_size is not None else DEFAULT_MAX_CACHE_BYTES
     environment = environment_pairs(container_env or [])
     try:
         # The container's own settings, read the way it reads them: the body limit is the same on both sides.
@@ -200,6 +209,7 @@ def serve(
         model_store = open_store(store)
     except StoreError as error:
         raise fail(str(error)) from None
+    check_writable(cache_dir)  # before any container starts: an unwritable cache is an error naming the folder
     # MMS's worker sockets live in the run folder, and Unix socket paths are short: avoid a long TMPDIR.
     temp_base = tempfile.gettempdir()
     if len(temp_base) > _LONGEST_TEMP_BASE and Path("/tmp").is_dir():  # noqa: S108
@@ -216,6 +226,7 @@ def serve(
                 keep_loaded=model_cache is ModelCacheSetting.enabled,
                 load_wait_seconds=load_wait_seconds,
                 load_timeout_seconds=load_timeout_seconds,
+                max_cache_bytes=cache_bytes,
             ),
             container_environment=environment,
             body_timeout_seconds=body_timeout_seconds,

@@ -58,6 +58,12 @@ lint: setup
 reliability: setup $(DEMO_ARCHIVES)
 	MME_TEST_DEMO_MODELS=$(DEMO_MODELS) $(PY) -m pytest tests/reliability -m ""
 
+## bench-load: 20,000 requests at concurrency 16 over three models on a local `mme serve`: errors, p50/p99,
+## throughput and memory, written to bench/results/load.{json,md} (`make reliability` writes the same from its test).
+.PHONY: bench-load
+bench-load: setup $(DEMO_ARCHIVES)
+	$(PY) bench/load.py --models $(DEMO_MODELS)
+
 ## bench: latency figures, written to bench/results/.
 bench: setup $(DEMO_ARCHIVES)
 	$(PY) bench/latency.py --models $(DEMO_MODELS)

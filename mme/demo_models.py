@@ -327,12 +327,21 @@ DEMO_MODELS: tuple[DemoModelSpec, ...] = (_SENTIMENT, _TOPIC)
 
 
 @dataclass(frozen=True)
-class _EncoderConfig:
+class EncoderShape:
+    """The size of a BERT-style encoder: hidden width, attention heads, layers, feed-forward width, segment types.
+    The defaults are the demo models' (about 100k weights besides the embeddings)."""
+
     hidden: int = 64
     heads: int = 4
     layers: int = 2
     intermediate: int = 128
     type_vocab: int = 2
+
+
+#: bert-base's encoder (Devlin et al. 2018): 12 layers, hidden 768, 12 heads, feed-forward 3072.
+BERT_BASE = EncoderShape(hidden=768, heads=12, layers=12, intermediate=3072)
+#: bert-base's WordPiece vocabulary size (bert-base-uncased).
+BERT_BASE_VOCAB_SIZE = 30522
 
 
 @dataclass(frozen=True)
@@ -443,7 +452,7 @@ class _LayerNorm(tf.Module):
 class _EncoderLayer(tf.Module):
     """Post-LN transformer block, as in BERT."""
 
-    def __init__(self, config: _EncoderConfig, init: tf.random.Generator, name: str) -> None:
+    def __init__(self, config: EncoderShape, init: tf.random.Generator, name: str) -> None:
         super().__init__(name=name)
         self.heads = config.heads
         self.query = _Dense(config.hidden, config.hidden, init, "query")
@@ -479,7 +488,7 @@ class _BertClassifier(tf.Module):
     Only this module is saved, so the SavedModel holds the weights and ``serve``, not the training machinery.
     """
 
-    def __init__(self, vocab_size: int, num_labels: int, config: _EncoderConfig, init: tf.random.Generator) -> None:
+    def __init__(self, vocab_size: int, num_labels: int, config: EncoderShape, init: tf.random.Generator) -> None:
         super().__init__(name="bert_classifier")
         self.token_embeddings = tf.Variable(init.normal([vocab_size, config.hidden], stddev=0.02), name="tokens")
         self.position_embeddings = tf.Variable(
@@ -644,7 +653,7 @@ def train_demo_model(spec: DemoModelSpec, out_dir: Path, *, seed: int = 0) -> Tr
     if model_dir.exists() and any(model_dir.iterdir()):
         raise FileExistsError(f"{model_dir} is not empty; demo models are written to a fresh folder")
     started = time.perf_counter()
-    encoder_config, training = _EncoderConfig(), _TrainingConfig()
+    encoder_config, training = EncoderShape(), _TrainingConfig()
 
     rng = random.Random(seed)
     templates = list(spec.templates)
@@ -691,3 +700,74 @@ def train_demo_model(spec: DemoModelSpec, out_dir: Path, *, seed: int = 0) -> Tr
     manifest = {"labels": list(spec.labels), "max_sequence_length": MAX_SEQUENCE_LENGTH}
     (model_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return TrainedModel(name=spec.name, model_dir=model_dir, held_out_accuracy=accuracy)
+
+
+def parameter_count(shape: EncoderShape, *, vocab_size: int, num_labels: int) -> int:
+    """How many weights a classifier of ``shape`` holds: embeddings, encoder layers, pooler and head."""
+    hidden, intermediate = shape.hidden, shape.intermediate
+    embeddings = (vocab_size + MAX_SEQUENCE_LENGTH + shape.type_vocab) * hidden + 2 * hidden
+    layer = 4 * (hidden * hidden + hidden) + 2 * 2 * hidden + (hidden * intermediate + intermediate)
+    layer += intermediate * hidden + hidden
+    return embeddings + shape.layers * layer + (hidden * hidden + hidden) + (hidden * num_labels + num_labels)
+
+
+def _synthetic_vocabulary(size: int) -> list[str]:
+    """A WordPiece vocabulary of exactly ``size`` entries: the special tokens, the demo models' words and letters,
+    then made-up whole words and ``##`` pieces, so any text tokenizes as with a real vocabulary of that size."""
+    groups = [
+        group
+        for spec in DEMO_MODELS
+        for slots in (*spec.label_words.values(), spec.neutral_words)
+        for group in slots.values()
+    ]
+    words = {word.lower() for group in groups for phrase in group for word in re.findall(r"\w+", phrase)}
+    letters = [chr(code) for code in range(ord("a"), ord("z") + 1)] + [str(digit) for digit in range(10)]
+    vocabulary = list(dict.fromkeys([*_SPECIAL_TOKENS, *letters, *(f"##{c}" for c in letters), *sorted(words)]))
+    seen = set(vocabulary)
+    rng = random.Random(size)
+    while len(vocabulary) < size:
+        piece = "".join(rng.choices(letters[:26], k=rng.randint(2, 8)))
+        token = piece if rng.random() < 0.7 else f"##{piece}"
+        if token not in seen:
+            seen.add(token)
+            vocabulary.append(token)
+    if len(vocabulary) > size:
+        raise ValueError(f"a vocabulary needs at least {len(vocabulary)} entries for the demo words, not {size}")
+    return vocabulary
+
+
+def write_random_model(
+    out_dir: Path,
+    *,
+    name: str,
+    shape: EncoderShape = BERT_BASE,
+    vocab_size: int = BERT_BASE_VOCAB_SIZE,
+    labels: Sequence[str] = ("negative", "positive"),
+    seed: int = 0,
+) -> Path:
+    """Write an untrained classifier of ``shape`` to ``out_dir / name`` in the archive layout of the demo models.
+
+    Its weights are random, so its answers mean nothing, but its shapes and so its cost in memory, disk and time are
+    those of a real model of that size (bert-base by default: 109M weights, as `parameter_count` gives):
+    what benchmarks need, built in code instead of downloaded. Its tokenizer is a BERT WordPiece tokenizer over a
+    vocabulary of exactly ``vocab_size`` entries made in code.
+
+    Raises:
+        FileExistsError: ``out_dir / name`` exists and is not empty.
+    """
+    model_dir = Path(out_dir) / name
+    if model_dir.exists() and any(model_dir.iterdir()):
+        raise FileExistsError(f"{model_dir} is not empty; random models are written to a fresh folder")
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / "vocab.txt").write_text("\n".join(_synthetic_vocabulary(vocab_size)) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast(
+        vocab_file=str(model_dir / "vocab.txt"), do_lower_case=True, model_max_length=MAX_SEQUENCE_LENGTH
+    )
+    tokenizer.save_pretrained(model_dir)
+    model = _BertClassifier(vocab_size, len(labels), shape, tf.random.Generator.from_seed(seed))
+    tf.saved_model.save(
+        model, str(model_dir / "0"), signatures={"serving_default": model.serve.get_concrete_function()}
+    )
+    manifest = {"labels": list(labels), "max_sequence_length": MAX_SEQUENCE_LENGTH}
+    (model_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return model_dir

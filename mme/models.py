@@ -42,8 +42,11 @@ class CachePolicy:
     """How many models stay loaded, and how much disk their copies may take.
 
     - ``max_loaded_models`` (default: no limit): the most models loaded at once.
-    - ``memory_budget_bytes`` (default: no limit): resident memory the model workers may use together; a model is
-      unloaded before a load that would, by the current per-model average, exceed it.
+    - ``memory_budget_bytes`` (default: no limit): memory the loaded models may take together, as the kernel
+      charges it (the container's :meth:`~mme.container.LocalContainer.models_memory_bytes`: the model workers'
+      summed PSS on the host, the container's cgroup charge above its charge with no model in an image); a model is
+      unloaded before a load that would, by the current per-model average of that measure, exceed it. MMS's own
+      memory is not counted: it is there with no model loaded, and no eviction can shrink it.
     - ``too_large_seconds`` (default 600): a model version found not to fit in the container's memory even with no
       other model loaded is refused at once for this long (no eviction, no load attempt); a changed archive is a new
       version and is tried again at once. Bounded, because memory can grow meanwhile (other processes on the host
@@ -432,12 +435,10 @@ class ModelCache:
         return min(candidates, key=lambda model: (model.in_flight > 0, model.last_used))
 
     def workers_memory_bytes(self) -> int:
-        """Resident memory of all model workers right now."""
-        total = 0
-        for process in self.container.worker_processes():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                total += process.memory_info().rss
-        return total
+        """Memory the loaded models take right now, as the kernel charges it (the container says how:
+        :meth:`~mme.container.LocalContainer.models_memory_bytes`), never summed RSS, which counts the libraries
+        every worker shares once per worker."""
+        return self.container.models_memory_bytes()
 
     async def _make_room(self) -> None:
         limit = self.policy.max_loaded_models

@@ -141,7 +141,10 @@ def serve(
     max_loaded_models: Annotated[int | None, typer.Option(min=1, help="Most models loaded at once.")] = None,
     memory_budget: Annotated[
         str | None,
-        typer.Option(help="Resident memory all model workers may use, e.g. 4GiB. Default: no limit."),
+        typer.Option(
+            help="Memory the loaded models may take together, as the kernel charges it (model workers' PSS; in an "
+            "image, the container's cgroup charge above its charge with no model), e.g. 4GiB. Default: no limit."
+        ),
     ] = None,
     model_cache: Annotated[
         ModelCacheSetting, typer.Option(help="disabled unloads each model after its invocation.")

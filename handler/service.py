@@ -7,14 +7,21 @@ JSON body and that status; the worker keeps serving. A ``MemoryError`` propagate
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from handler.codec import decode_request, encode_error, encode_response, response_type
-from handler.errors import HandlerError, ModelLoadError, ModelOutOfMemoryError
+from handler.errors import HandlerError, ModelLoadError, ModelOutOfMemoryError, ModelTooLargeError
 from handler.manifest import ResponseFormat
-from handler.memory import LOADING_OOM_SCORE_ADJ, SERVING_OOM_SCORE_ADJ, check_room_for, offer_to_oom_killer
+from handler.memory import (
+    LOADING_OOM_SCORE_ADJ,
+    SERVING_OOM_SCORE_ADJ,
+    beyond_total_memory,
+    check_room_for,
+    offer_to_oom_killer,
+)
 from handler.model import TextClassifier, find_saved_model, load_model_dir
 from handler.settings import ServingSettings, load_error_file
 
@@ -38,18 +45,27 @@ def _load(context: Any) -> None:
             check_room_for(find_saved_model(model_dir), reserve_mb=_settings.load_memory_reserve_mb)
         _classifier = load_model_dir(model_dir, _settings)
         offer_to_oom_killer(SERVING_OOM_SCORE_ADJ)
-    except (ModelLoadError, ModelOutOfMemoryError) as error:
-        # The container's log is the endpoint's CloudWatch log on AWS; the file is for a front end on this host.
-        reason = str(error)
-        logger.error("cannot load model %s: %s", model_name, reason)
-        _leave_load_error(load_error_file(_settings.run_dir, model_name), reason)
+    except ModelOutOfMemoryError as error:
+        refusal = beyond_total_memory(error)
+        _report_load_error(model_name, str(refusal), exceeds_total_memory=isinstance(refusal, ModelTooLargeError))
+        if refusal is error:
+            raise
+        raise refusal from error
+    except ModelLoadError as error:
+        _report_load_error(model_name, str(error), exceeds_total_memory=False)
         raise
 
 
-def _leave_load_error(path: Path, reason: str) -> None:
+def _report_load_error(model_name: str, reason: str, *, exceeds_total_memory: bool) -> None:
+    """Log why a load failed, and leave it for a front end on this host in the load-error file: JSON
+    ``{"reason": str, "exceeds_total_memory": bool}``, the latter true when no eviction can make the model fit."""
+    assert _settings is not None
+    # The container's log is the endpoint's CloudWatch log on AWS; the file is for a front end on this host.
+    logger.error("cannot load model %s: %s", model_name, reason)
+    path = load_error_file(_settings.run_dir, model_name)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(reason + "\n", encoding="utf-8")
+        path.write_text(json.dumps({"reason": reason, "exceeds_total_memory": exceeds_total_memory}), encoding="utf-8")
     except OSError as error:  # the reason is in the log already; a read-only run folder must not hide it
         logger.warning("cannot write %s: %s", path, error)
 

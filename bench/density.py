@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -31,9 +32,14 @@ from typing import Any
 
 import psutil
 
-from mme.archive import extract_archive
-from mme.aws.cost import load_density, load_prices
-from mme.container import LocalContainer, processes_under
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script: bench/ is not a package on the path
+    sys.path.insert(0, str(ROOT))
+
+from bench.load import process_role  # noqa: E402
+from mme.archive import extract_archive  # noqa: E402
+from mme.aws.cost import load_density, load_prices  # noqa: E402
+from mme.container import LocalContainer, processes_under  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TEXT = "the service was slow but the food was wonderful and I loved the dessert"
@@ -44,17 +50,6 @@ LATENCY_REQUESTS = 100
 _MIB = 1024 * 1024
 #: The load reserve `mme cost` keeps free by default (MME_LOAD_MEMORY_RESERVE_MB, handler/settings.py).
 RESERVE_MB = 300
-
-
-def _role(process: psutil.Process) -> str:
-    cmdline = " ".join(process.cmdline())
-    if "model_service_worker" in cmdline:
-        return "workers"
-    if "com.amazonaws.ml.mms" in cmdline:
-        return "frontend"
-    if "handler.serve" in cmdline:
-        return "entrypoint"
-    return "other"
 
 
 def container_processes(container: LocalContainer) -> list[psutil.Process]:
@@ -79,7 +74,8 @@ def pss_by_role(container: LocalContainer) -> dict[str, int]:
     totals = {"entrypoint": 0, "frontend": 0, "workers": 0, "other": 0}
     for process in container_processes(container):
         try:
-            totals[_role(process)] += process.memory_full_info().pss
+            role = process_role(" ".join(process.cmdline()))
+            totals[role] = totals.get(role, 0) + process.memory_full_info().pss
         except psutil.NoSuchProcess:
             continue
     return totals

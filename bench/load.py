@@ -115,7 +115,8 @@ def request_of(seed: int, index: int, keys: Sequence[str]) -> tuple[str, str]:
     return rng.choice(keys), text
 
 
-def _role(cmdline: str) -> str:
+def process_role(cmdline: str) -> str:
+    """What a serving process is, from its command line: workers, frontend, entrypoint, mme_serve or other."""
     if "model_service_worker" in cmdline:
         return "workers"
     if "com.amazonaws.ml.mms" in cmdline:
@@ -159,7 +160,7 @@ def memory_sample(endpoint: ServeProcess, seconds: float) -> MemorySample:
     count = 0
     for process in serving_tree(endpoint):
         try:
-            role = _role(" ".join(process.cmdline()))
+            role = process_role(" ".join(process.cmdline()))
             info = process.memory_full_info()
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
             continue

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import sys
 import tempfile
 import threading
@@ -35,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: bench/ is not a package on the path
     sys.path.insert(0, str(ROOT))
 
+from bench.latency import latency  # noqa: E402
 from bench.load import machine, machine_line, request_of  # noqa: E402
 from handler.model import load_model_dir  # noqa: E402
 from handler.settings import ServingSettings  # noqa: E402
@@ -51,17 +51,6 @@ TARGETS: dict[str, tuple[dict[str, float], str]] = {
     "throughput_c8": ({"bert-base": 2.0}, "min"),
     "cold": ({"bert-base": 1.3, "demo": 1.3}, "max"),
 }
-
-
-def p50_ms(call: Callable[[], object], *, count: int, warmup: int) -> float:
-    for _ in range(warmup):
-        call()
-    samples = []
-    for _ in range(count):
-        started = time.perf_counter()
-        call()
-        samples.append((time.perf_counter() - started) * 1000)
-    return statistics.median(samples)
 
 
 def requests_per_second(call: Callable[[str], object], texts: Sequence[str], *, concurrency: int) -> float:
@@ -95,7 +84,8 @@ def measure_shape(name: str, archive: Path, work: Path, args: argparse.Namespace
     classifier = load_model_dir(model_dir, ServingSettings())
     classifier.predict([WARM_TEXT])
     floor_cold_s = time.perf_counter() - started
-    floor_p50 = p50_ms(lambda: classifier.predict([WARM_TEXT]), count=args.requests, warmup=args.warmup)
+    floor = latency(lambda: classifier.predict([WARM_TEXT]), requests_count=args.requests, warmup=args.warmup)
+    floor_p50 = floor["p50_ms"]
     floor_rps = requests_per_second(lambda text: classifier.predict([text]), texts, concurrency=8)
 
     store = work / f"{name}-store"
@@ -106,7 +96,7 @@ def measure_shape(name: str, archive: Path, work: Path, args: argparse.Namespace
         started = time.perf_counter()
         call(WARM_TEXT)
         serve_cold_s = time.perf_counter() - started
-        serve_p50 = p50_ms(lambda: call(WARM_TEXT), count=args.requests, warmup=args.warmup)
+        serve_p50 = latency(lambda: call(WARM_TEXT), requests_count=args.requests, warmup=args.warmup)["p50_ms"]
         serve_rps = requests_per_second(call, texts, concurrency=8)
 
     return {

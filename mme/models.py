@@ -126,14 +126,6 @@ class ModelCache:
         self.storage.prepare()  # an unwritable folder raises CacheStorageError: mme serve refuses to start
 
     @property
-    def models_dir(self) -> Path:
-        return self.cache_dir / "models"
-
-    @property
-    def downloads_dir(self) -> Path:
-        return self.cache_dir / "downloads"
-
-    @property
     def loaded(self) -> dict[str, LoadedModel]:
         """TargetModel -> loaded model (a snapshot)."""
         return dict(self._loaded)
@@ -236,7 +228,7 @@ class ModelCache:
             )
         # Opaque, and new whenever the archive changes, so a rewritten key never serves a stale copy.
         name = "m" + hashlib.sha256(f"{self.store.uri}\0{key}\0{info.version}".encode()).hexdigest()[:24]
-        path = self.models_dir / name
+        path = self.storage.models_dir / name
         self._refuse_if_too_large(key, name)
         self.storage.hold(name, key)  # before looking: a clean-up for another install must not take it meanwhile
         if not path.is_dir():

@@ -38,6 +38,11 @@ def mms_processes() -> list[psutil.Process]:
     return found
 
 
+def mms_workers() -> set[int]:
+    """Pids of every MMS model worker on this machine, on the host or inside a container."""
+    return {process.pid for process in mms_processes() if "model_service_worker" in " ".join(process.cmdline())}
+
+
 @dataclass(frozen=True)
 class MotoS3:
     """A moto server on loopback: its URL, an S3 client on it, and the environment that points `mme serve` at it."""

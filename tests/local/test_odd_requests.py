@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
-from local_serving import mms_processes
+from local_serving import mms_workers
 
 from mme.serve_process import ServeProcess
 
@@ -100,15 +100,14 @@ def test_an_error_quoting_non_ascii_request_text_is_a_400_and_the_worker_lives(e
     # The reason for this 400 quotes the request's keys; MMS once framed a non-ASCII reason wrongly and killed the
     # worker ("Worker died", a 500).
     _still_answers(endpoint)
-    workers = {process.pid for process in mms_processes() if "model_service_worker" in " ".join(process.cmdline())}
+    workers = mms_workers()
     for body in ('{"\u00a1": null}', '{"prénom": "Zoë", "日本": 1}'):
         error = _error(endpoint, "sentiment.tar.gz", body.encode())
         assert error.response["OriginalStatusCode"] == 400
         reason = json.loads(error.response["OriginalMessage"])["error"]
         assert all(repr(key) in reason for key in json.loads(body)), reason
         _still_answers(endpoint)
-    still = {process.pid for process in mms_processes() if "model_service_worker" in " ".join(process.cmdline())}
-    assert workers <= still, "a worker died"
+    assert workers <= mms_workers(), "a worker died"
 
 
 def test_a_failed_load_leaves_nothing_in_the_cache(endpoint: ServeProcess) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
-from local_serving import mms_processes, serving_containers
+from local_serving import mms_workers, serving_containers
 
 from mme.image import DOCKER
 from mme.serve_process import ServeProcess
@@ -66,7 +66,7 @@ def succeeded(outcome: Outcome) -> bool:
 def workers() -> set[int]:
     """Pids of every MMS model worker on the machine (on the host or in the serving container): the processes MMS
     started, not the children a worker forks itself."""
-    found = {process.pid for process in mms_processes() if "model_service_worker" in " ".join(process.cmdline())}
+    found = mms_workers()
     return {pid for pid in found if _parent(pid) not in found}
 
 

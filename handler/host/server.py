@@ -277,3 +277,4 @@ def main(argv: list[str] | None = None) -> None:
         server.server_close()
         with contextlib.suppress(FileNotFoundError):
             args.socket.unlink()
+        logger.info("model host (pid %d) stopped", os.getpid())

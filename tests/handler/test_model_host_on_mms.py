@@ -71,6 +71,8 @@ def shared(
             assert server.client.load(name, demo_model_dirs[name]).status == 200
         yield server
     assert processes_under(run_dir) == [], "an MMS, worker or model host process outlived the server"
+    # Stopped by serve (SIGTERM, after MMS), not by the clean-up that kills whatever is left.
+    assert any("INFO handler.host.server: model host" in line and "stopped" in line for line in server.log_lines())
 
 
 def host_status(server: LocalContainer) -> dict[str, Any]:

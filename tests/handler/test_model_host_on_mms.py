@@ -5,7 +5,10 @@ again on demand, and two models answering concurrently."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
+import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +21,7 @@ from serving_answers import REQUESTS, assert_close, parse
 
 from handler.host.client import ModelHostClient
 from handler.settings import model_host_socket
-from mme.container import LocalContainer, processes_under
+from mme.container import ContainerError, LocalContainer, processes_under
 
 MODELS = ("sentiment", "topic")
 
@@ -164,3 +167,51 @@ def test_a_killed_host_is_restarted_and_models_load_again_on_demand(
     assert shared.client.ping().status == 200
     assert any(f"model host (pid {killed.pid}) exited" in line for line in shared.log_lines())
     assert json.loads(shared.client.list_models().body)["models"]
+
+
+def _unread_bytes(socket_path: Path) -> int:
+    """Bytes sent to the model host's connections and not read yet (``ss``, iproute2's socket statistics)."""
+    listing = subprocess.run(["ss", "-x", "-H", "state", "established"], capture_output=True, text=True, check=True)
+    return sum(int(line.split()[1]) for line in listing.stdout.splitlines() if str(socket_path) in line)
+
+
+def test_a_request_in_flight_when_the_host_dies_is_503_and_the_next_one_succeeds(
+    shared: LocalContainer, per_worker: Baseline
+) -> None:
+    if shutil.which("ss") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must run this test: install iproute2 (ss)")
+        pytest.skip("needs ss (iproute2) to see that the request reached the host")
+    socket_path = model_host_socket(shared.run_dir)
+    host = host_process(shared)
+    host.suspend()  # so the request stays in flight: sent to the host, never answered
+    try:
+        result: dict[str, Any] = {}
+        client = type(shared.client)(shared.base_url)
+        invoking = threading.Thread(
+            target=lambda: result.update(answer=client.invoke("sentiment", "I loved it", content_type="text/plain"))
+        )
+        invoking.start()
+        assert _eventually(lambda: _unread_bytes(socket_path) > 0), "the request never reached the host"
+    finally:
+        host.kill()
+    invoking.join()
+    client.close()
+    answer = result["answer"]
+    assert answer.status == 503
+    assert "model host is unavailable" in answer.json()["error"]
+    answer = shared.client.invoke("sentiment", REQUESTS[0][0])
+    assert answer.status == 200
+    assert_close(answer.json(), per_worker.answers["sentiment", 0][2])
+
+
+def test_a_host_that_cannot_start_stops_serve_with_status_3(tmp_path_factory: pytest.TempPathFactory) -> None:
+    run_dir = tmp_path_factory.mktemp("mms-no-host")
+    # A folder where the socket must go: the host cannot listen, and exits.
+    (run_dir / "model-host.sock" / "in-the-way").mkdir(parents=True)
+    server = LocalContainer(run_dir, environment={"MME_MODEL_HOST": "shared"})
+    with pytest.raises(ContainerError, match="exited with 3"):
+        server.start()
+    assert server.exit_status == 3
+    assert any("exited before it was ready; serve exits with status 3" in line for line in server.log_lines())
+    assert processes_under(run_dir) == []

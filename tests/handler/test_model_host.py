@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -115,6 +116,11 @@ def test_bad_input_gets_the_handlers_status_and_message(
         assert answer.status == status
         assert fragment in answer.message
         assert predict(client, "sentiment", b"I loved it", "text/plain").status == 200
+
+
+def test_only_the_owner_can_connect(host: RunningHost) -> None:
+    # Whoever can connect can have any folder loaded as a model.
+    assert stat.S_IMODE(host.socket_path.stat().st_mode) & 0o077 == 0
 
 
 def test_a_model_not_loaded_on_the_connection_is_404(host: RunningHost, demo_model_dirs: dict[str, Path]) -> None:

@@ -44,13 +44,11 @@ class _Lease:
         """(Re)connect and load the model on the host.
 
         Raises:
-            ModelLoadError: the host could not load the folder (or could not be reached).
+            ModelLoadError: the host could not load the folder.
             ModelOutOfMemoryError: the model does not fit.
+            ModelHostUnavailableError: the host could not be reached, or did not answer in time.
         """
-        try:
-            answer = self.client.call({"op": "load", "model": self.model_name, "model_dir": str(self.model_dir)})
-        except ModelHostUnavailableError as error:
-            raise ModelLoadError(f"the model host is unavailable: {error}") from None
+        answer = self.client.call({"op": "load", "model": self.model_name, "model_dir": str(self.model_dir)})
         if answer.status == ModelOutOfMemoryError.status:
             raise ModelOutOfMemoryError(answer.message)
         if answer.status != 200:
@@ -60,7 +58,8 @@ class _Lease:
         """Status, body, content type and message of the host's answer to one request.
 
         Raises:
-            ModelHostUnavailableError: the host died under the request or did not answer in time.
+            ModelHostUnavailableError: the host died under the request, did not answer in time, or (restarting)
+                did not come back within the start timeout.
             ModelLoadError: the model had to be loaded again (the host restarted) and that failed.
             ModelOutOfMemoryError: out of memory, at predict or at that reload.
         """
@@ -96,7 +95,10 @@ def _load(context: Any) -> _Lease:
     model_name = str(getattr(context, "model_name", model_dir.name))
     lease = _Lease(settings, model_name, model_dir)
     try:
-        lease.load()
+        try:
+            lease.load()
+        except ModelHostUnavailableError as error:
+            raise ModelLoadError(f"the model host is unavailable: {error}") from None
     except (ModelLoadError, ModelOutOfMemoryError) as error:
         reason = str(error)
         logger.error("cannot load model %s: %s", model_name, reason)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import socketserver
 import subprocess
 import sys
@@ -52,6 +53,7 @@ class StandInHost(socketserver.ThreadingUnixStreamServer):
     def __init__(self, socket_path: Path) -> None:
         self.on_predict = "answer"
         self.loads: list[str] = []
+        self.connections: list[socket.socket] = []
         super().__init__(str(socket_path), _StandInHandler)
 
 
@@ -59,6 +61,7 @@ class _StandInHandler(socketserver.BaseRequestHandler):
     server: StandInHost
 
     def handle(self) -> None:
+        self.server.connections.append(self.request)
         try:
             while True:
                 request = receive_message(self.request)
@@ -121,3 +124,20 @@ def test_a_host_that_never_comes_up_fails_the_load_with_the_reason_file(
     with pytest.raises(thin_service.ModelLoadError, match="model host is unavailable"):
         thin_service.handle(None, _context(short_dir / "model"))
     assert "model host is unavailable" in load_error_file(short_dir, "m").read_text()
+
+
+def test_a_host_that_does_not_come_back_makes_requests_503_not_hang(
+    stand_in: StandInHost, short_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MME_MODEL_HOST_START_TIMEOUT_SECONDS", "1")
+    context = _context(short_dir / "model")
+    thin_service.handle(None, context)
+    # The host goes away between requests, and no new one starts.
+    stand_in.shutdown()
+    stand_in.server_close()
+    model_host_socket(short_dir).unlink()
+    for connection in stand_in.connections:
+        connection.shutdown(socket.SHUT_RDWR)
+    [body] = thin_service.handle([{"body": bytearray(b"hi")}], context)
+    assert context.get_response_status(0)[0] == 503
+    assert "did not accept a connection" in json.loads(body)["error"]

@@ -77,6 +77,13 @@ image:
 clean:
 	rm -rf build cdk.out .pytest_cache .ruff_cache
 
+## bench-speed: issue 11's speed ratios (mme serve / in process: warm p50, throughput at concurrency 8, cold first
+## invoke) for a demo-size and a bert-base-shape model, written to bench/results/speed.{json,md,png}. Needs no
+## other MMS running on the host.
+.PHONY: bench-speed
+bench-speed: setup $(DEMO_ARCHIVES)
+	$(PY) bench/speed.py --models $(DEMO_MODELS)
+
 ## bench-density: memory per loaded model (PSS of the container's processes with 0-8 demo models), written to
 ## bench/results/density.{json,md}; `mme cost` sizes instances with it. Needs no other MMS running on the host.
 .PHONY: bench-density

@@ -9,8 +9,11 @@ of the container is summed. PSS shares each page among the processes that map it
 by every worker, count once, as they do in the container's cgroup. The same sum before any load is the base.
 
 The per-model increment is the least-squares slope of the sum over the loaded points; its intercept is the base
-plus what the first model brings that later ones share. Writes ``bench/results/density.json`` and ``density.md``.
-Run with ``make bench-density``. MMS allows one server per host: nothing else may run MMS meanwhile.
+plus what the first model brings that later ones share. At each count the warm p50 of a request to the loaded models
+(in turn) is measured too. Writes ``bench/results/density.json``, ``density.md`` and ``density.png`` (memory and p50
+against model count). Run with ``make bench-density``; ``--counts 1,5,10,20,50`` gives issue 11's points, and
+``--container-env NAME=VALUE`` (repeatable) a model server mode, with ``--name`` for its results' file names. MMS
+allows one server per host: nothing else may run MMS meanwhile.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 TEXT = "the service was slow but the food was wonderful and I loved the dessert"
 BODY = json.dumps({"input_text": TEXT})
 COUNTS = (1, 2, 4, 8)
+#: Requests per count for the warm p50, spread over the loaded models in turn.
+LATENCY_REQUESTS = 100
 _MIB = 1024 * 1024
 #: The load reserve `mme cost` keeps free by default (MME_LOAD_MEMORY_RESERVE_MB, handler/settings.py).
 RESERVE_MB = 300
@@ -96,15 +101,28 @@ def _checked(status: int, body: bytes, what: str) -> None:
         raise RuntimeError(f"{what} failed with {status}: {body[:300]!r}")
 
 
-def measure(archives: list[Path], work: Path, counts: tuple[int, ...]) -> tuple[dict[str, int], list[dict[str, int]]]:
+def warm_p50_ms(container: LocalContainer, names: list[str], requests: int = LATENCY_REQUESTS) -> float:
+    """The median latency of `requests` sequential invocations of the loaded models `names`, in turn."""
+    samples = []
+    for index in range(requests):
+        started = time.perf_counter()
+        answer = container.client.invoke(names[index % len(names)], BODY)
+        samples.append((time.perf_counter() - started) * 1000)
+        _checked(answer.status, answer.body, f"invoking {names[index % len(names)]}")
+    return round(statistics.median(samples), 3)
+
+
+def measure(
+    archives: list[Path], work: Path, counts: tuple[int, ...], environment: dict[str, str]
+) -> tuple[dict[str, int], list[dict[str, Any]]]:
     """The base reading and one reading per count in `counts`, loading copies of `archives` in turn."""
     copies = []
     for index in range(max(counts)):
         archive = archives[index % len(archives)]
         name = f"{archive.name.removesuffix('.tar.gz')}-{index}"
         copies.append((name, extract_archive(archive, work / "models" / name)))
-    points = []
-    with LocalContainer(work / "run") as container:
+    points: list[dict[str, Any]] = []
+    with LocalContainer(work / "run", environment=environment) as container:
         base = {"models": 0, **settled_reading(container)}
         print(f"  0 models: {base['total'] / _MIB:.0f} MiB")
         loaded = 0
@@ -116,9 +134,10 @@ def measure(archives: list[Path], work: Path, counts: tuple[int, ...]) -> tuple[
                 answer = container.client.invoke(name, BODY)
                 _checked(answer.status, answer.body, f"invoking {name}")
                 loaded += 1
-            point = {"models": count, **settled_reading(container)}
+            point: dict[str, Any] = {"models": count, **settled_reading(container)}
+            point["p50_ms"] = warm_p50_ms(container, [name for name, _ in copies[:count]])
             points.append(point)
-            print(f"  {count} models: {point['total'] / _MIB:.0f} MiB")
+            print(f"  {count} models: {point['total'] / _MIB:.0f} MiB, warm p50 {point['p50_ms']:.1f} ms")
     return base, points
 
 
@@ -130,7 +149,12 @@ def saved_model_bytes(archive: Path, work: Path) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=Path, default=Path("build/demo-models"))
+    parser.add_argument("--counts", default=",".join(map(str, COUNTS)), help="model counts to measure, e.g. 1,5,10")
+    parser.add_argument("--container-env", action="append", default=[], help="NAME=VALUE for the model server")
+    parser.add_argument("--name", default="density", help="results file names (density.json is what mme cost reads)")
     args = parser.parse_args()
+    counts = tuple(sorted({int(count) for count in args.counts.split(",")}))
+    environment = dict(pair.split("=", 1) for pair in args.container_env)
     archives = sorted(args.models.glob("*.tar.gz"))
     if not archives:
         parser.error(f"no *.tar.gz in {args.models}: run `.venv/bin/mme demo-models --out {args.models}`")
@@ -144,7 +168,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mme-density-") as work_name:
         work = Path(work_name)
         sizes = {archive.name: saved_model_bytes(archive, work) for archive in archives}
-        base, points = measure(archives, work, COUNTS)
+        base, points = measure(archives, work, counts, environment)
 
     fit = statistics.linear_regression([p["models"] for p in points], [p["total"] for p in points])
     memory = psutil.virtual_memory().total
@@ -159,11 +183,13 @@ def main() -> None:
         "method": (
             "host processes of the container's software (LocalContainer: python -m handler.serve, MMS front end, one "
             "worker per model, SAGEMAKER_MODEL_SERVER_WORKERS=1); copies of the demo archives loaded under "
-            "different names, each invoked once; after 0, 1, 2, 4, 8 models the PSS "
+            f"different names, each invoked once; after 0, {', '.join(map(str, counts))} models the PSS "
             "(psutil memory_full_info().pss) of every process in the container's session is summed, the median of "
             "5 readings 1 s apart; per_model_bytes and intercept_bytes are the least-squares fit over the loaded "
-            "points; base_bytes is the 0-model point"
+            "points; base_bytes is the 0-model point; p50_ms is the median of "
+            f"{LATENCY_REQUESTS} sequential invocations of the loaded models in turn, straight to MMS"
         ),
+        "container_environment": environment,
         "archives": {name: {"unpacked_bytes": size} for name, size in sizes.items()},
         "workers_per_model": 1,
         "base_bytes": base["total"],
@@ -172,20 +198,47 @@ def main() -> None:
         "points": [base, *points],
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "density.json").write_text(json.dumps(results, indent=2) + "\n")
-    (RESULTS / "density.md").write_text(markdown(results))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / f"{args.name}.md").write_text(markdown(results, RESULTS / f"{args.name}.json", f"{args.name}.png"))
+    plot(results, RESULTS / f"{args.name}.png")
     print(f"base {base['total'] / _MIB:.0f} MiB, {fit.slope / _MIB:.0f} MiB per model; written to {RESULTS}")
 
 
-def markdown(results: dict[str, Any]) -> str:
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Container memory and warm p50 against the number of loaded models."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    points = [point for point in results["points"] if point["models"] > 0]
+    counts = [point["models"] for point in points]
+    figure, (memory_axis, latency_axis) = plt.subplots(1, 2, figsize=(10, 3.8))
+    memory_axis.plot([0, *counts], [results["base_bytes"] / _MIB, *(p["total"] / _MIB for p in points)], marker="o")
+    memory_axis.set_xlabel("models loaded")
+    memory_axis.set_ylabel("PSS of the container's processes, MiB")
+    memory_axis.set_title("memory")
+    latency_axis.plot(counts, [point["p50_ms"] for point in points], marker="o", color="#c44e52")
+    latency_axis.set_xlabel("models loaded")
+    latency_axis.set_ylabel("warm p50, ms")
+    latency_axis.set_ylim(bottom=0)
+    latency_axis.set_title("latency (models in turn)")
+    environment = ", ".join(f"{k}={v}" for k, v in results.get("container_environment", {}).items()) or "defaults"
+    figure.suptitle(f"Demo-size models on one container ({environment})")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def markdown(results: dict[str, Any], density_file: Path = RESULTS / "density.json", png: str = "density.png") -> str:
     """The results as Markdown: the points, the fit, and what fits on each instance type of the price table."""
     machine, points = results["machine"], results["points"]
     rows = [
         f"| {p['models']} | {p['total'] / _MIB:.0f} | {p['entrypoint'] / _MIB:.0f} | {p['frontend'] / _MIB:.0f} | "
-        f"{p['workers'] / _MIB:.0f} |"
+        f"{p['workers'] / _MIB:.0f} | {p.get('p50_ms', '-')} |"
         for p in points
     ]
-    density = load_density(RESULTS / "density.json")
+    density = load_density(density_file)
     fits = [
         f"| `{t.name}` | {t.memory_gib:g} GiB | {density.models_per_instance(t, reserve_mb=RESERVE_MB)} |"
         for t in sorted(load_prices().instance_types.values(), key=lambda t: (t.memory_gib, t.usd_per_hour))
@@ -199,13 +252,15 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             f"Method: {results['method']}.",
             "",
-            "| models loaded | PSS total MiB | entrypoint | MMS front end | workers |",
-            "| ---: | ---: | ---: | ---: | ---: |",
+            "| models loaded | PSS total MiB | entrypoint | MMS front end | workers | warm p50 ms |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: |",
             *rows,
             "",
-            f"Base (no model): {results['base_bytes'] / _MIB:.0f} MiB. Per model (least-squares slope over 1-8 "
-            f"models): {results['per_model_bytes'] / _MIB:.0f} MiB; intercept {results['intercept_bytes'] / _MIB:.0f} "
+            f"Base (no model): {results['base_bytes'] / _MIB:.0f} MiB. Per model (least-squares slope over the loaded "
+            f"points): {results['per_model_bytes'] / _MIB:.0f} MiB; intercept {results['intercept_bytes'] / _MIB:.0f} "
             "MiB.",
+            "",
+            f"![memory and latency against model count]({png})",
             "",
             f"Models that stay loaded per instance (`mme cost`: memory - {density.fixed_bytes / _MIB:.0f} MiB fixed "
             f"- {RESERVE_MB} MiB load reserve, divided by the per-model increment):",

@@ -44,3 +44,8 @@ class ModelOutOfMemoryError(MemoryError):
     """The model does not fit in memory. A ``MemoryError``, because MMS answers exactly that with 507."""
 
     status = 507
+
+
+class ModelTooLargeError(ModelOutOfMemoryError):
+    """The model needs more than all the memory the container can have: unloading other models cannot make it fit.
+    Still a 507 for MMS; the handler's load-error file says so to the front end (:mod:`handler.service`)."""

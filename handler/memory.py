@@ -11,9 +11,11 @@ one or MMS itself.
 from __future__ import annotations
 
 import logging
+import math
+import re
 from pathlib import Path
 
-from handler.errors import ModelOutOfMemoryError
+from handler.errors import ModelOutOfMemoryError, ModelTooLargeError
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +64,79 @@ def cgroup_free_bytes(root: Path = CGROUP_ROOT) -> int | None:
     return limit - max(usage - inactive, 0)
 
 
+def cgroup_limit_bytes(root: Path = CGROUP_ROOT) -> int | None:
+    """This container's cgroup memory limit, or None without one. Reads cgroup v2, else v1."""
+    if (root / "memory.max").is_file():  # v2
+        limit = _read_int(root / "memory.max")  # "max" (no limit) is not a number
+    else:  # v1
+        limit = _read_int(root / "memory" / "memory.limit_in_bytes")
+    return None if limit is None or limit >= _NO_LIMIT else limit
+
+
+def cgroup_working_set_bytes(folder: Path) -> int | None:
+    """What the kernel charges the cgroup whose memory folder is ``folder`` and would not reclaim before an OOM
+    kill: usage minus inactive page cache (as ``docker stats`` and the kubelet count it). Reads cgroup v2 (the
+    folder holds ``memory.current``), else v1; None when neither file is there."""
+    if (folder / "memory.current").is_file():  # v2
+        usage, inactive = _read_int(folder / "memory.current"), _stat(folder / "memory.stat", "inactive_file")
+    else:  # v1
+        usage = _read_int(folder / "memory.usage_in_bytes")
+        inactive = _stat(folder / "memory.stat", "total_inactive_file")
+    return None if usage is None else max(usage - inactive, 0)
+
+
+def system_total_bytes(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """The machine's memory (``MemTotal``), or None."""
+    return _meminfo_bytes(meminfo, "MemTotal:")
+
+
+def total_memory_bytes(cgroup_root: Path = CGROUP_ROOT, meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """All the memory this container can ever have: its cgroup limit, or the machine's memory without one."""
+    totals = [value for value in (cgroup_limit_bytes(cgroup_root), system_total_bytes(meminfo)) if value is not None]
+    return min(totals) if totals else None
+
+
+#: TensorFlow's out-of-memory message names the tensor it could not allocate, e.g. "OOM when allocating tensor with
+#: shape[1073741824,1024] and type float on /job:localhost/...".
+_TF_OOM = re.compile(r"OOM when allocating tensor with shape\[([0-9,\s]*)\] and type (\w+)")
+#: Bytes per element of TensorFlow's type names (DataTypeString); an unknown type counts 1, an underestimate.
+_TF_TYPE_BYTES = {"float": 4, "double": 8, "half": 2, "bfloat16": 2, "int8": 1, "uint8": 1, "int16": 2,
+                  "uint16": 2, "int32": 4, "uint32": 4, "int64": 8, "uint64": 8, "bool": 1, "complex64": 8,
+                  "complex128": 16}  # fmt: skip
+
+
+def tensorflow_request_bytes(message: str) -> int | None:
+    """The size of the tensor a TensorFlow out-of-memory message says it could not allocate, or None."""
+    match = _TF_OOM.search(message)
+    if match is None:
+        return None
+    dimensions = [int(size) for size in match.group(1).replace(" ", "").split(",") if size]
+    return math.prod(dimensions) * _TF_TYPE_BYTES.get(match.group(2), 1)
+
+
+def beyond_total_memory(
+    error: ModelOutOfMemoryError, *, cgroup_root: Path = CGROUP_ROOT, meminfo: Path = Path("/proc/meminfo")
+) -> ModelOutOfMemoryError:
+    """``error`` as a :class:`ModelTooLargeError` when TensorFlow asked for one tensor larger than all the memory the
+    container can have (so no eviction can make it fit), else ``error`` itself."""
+    requested = tensorflow_request_bytes(str(error))
+    total = total_memory_bytes(cgroup_root, meminfo)
+    if requested is None or total is None or requested <= total or isinstance(error, ModelTooLargeError):
+        return error
+    return ModelTooLargeError(
+        f"{error} (one tensor of {requested // _MIB} MiB, more than the container's {total // _MIB} MiB in total)"
+    )
+
+
 def system_available_bytes(meminfo: Path = Path("/proc/meminfo")) -> int | None:
     """The kernel's estimate of memory available without swapping (``MemAvailable``), or None."""
+    return _meminfo_bytes(meminfo, "MemAvailable:")
+
+
+def _meminfo_bytes(meminfo: Path, field: str) -> int | None:
     try:
         for line in meminfo.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
+            if line.startswith(field):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         return None
@@ -89,14 +159,22 @@ def check_room_for(
     twice the SavedModel's files (weights in memory, and the graph built from them). ``reserve_mb`` 0 checks nothing.
 
     Raises:
+        ModelTooLargeError: the load needs more than all the memory the container can have: no eviction helps.
         ModelOutOfMemoryError: less memory is free than the load needs; MMS answers 507 and a front end evicts.
     """
     if reserve_mb <= 0:
         return
+    needed = reserve_mb * _MIB + 2 * folder_bytes(saved_model_dir)
+    total = total_memory_bytes(cgroup_root, meminfo)
+    if total is not None and needed > total:
+        raise ModelTooLargeError(
+            f"{saved_model_dir.parent.name or saved_model_dir} needs about {needed // _MIB} MiB "
+            f"(MME_LOAD_MEMORY_RESERVE_MB={reserve_mb} plus twice the SavedModel), more than the container's "
+            f"{total // _MIB} MiB in total: it cannot load even with no other model loaded"
+        )
     free = [value for value in (cgroup_free_bytes(cgroup_root), system_available_bytes(meminfo)) if value is not None]
     if not free:
         return
-    needed = reserve_mb * _MIB + 2 * folder_bytes(saved_model_dir)
     if min(free) < needed:
         raise ModelOutOfMemoryError(
             f"not enough memory to load {saved_model_dir.parent.name or saved_model_dir}: {min(free) // _MIB} MiB "

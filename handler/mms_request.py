@@ -5,6 +5,7 @@ Kept free of TensorFlow and transformers imports: the thin handler of the shared
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -33,10 +34,11 @@ def reason_phrase(message: str) -> str:
     return message.encode("ascii", "backslashreplace").decode("ascii")
 
 
-def leave_load_error(path: Path, reason: str) -> None:
-    """Write the reason a load failed where a front end on this host reads it; best effort."""
+def leave_load_error(path: Path, reason: str, *, exceeds_total_memory: bool = False) -> None:
+    """Write why a load failed where a front end on this host reads it, best effort: JSON ``{"reason": str,
+    "exceeds_total_memory": bool}``, the latter true when no eviction can make the model fit."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(reason + "\n", encoding="utf-8")
+        path.write_text(json.dumps({"reason": reason, "exceeds_total_memory": exceeds_total_memory}), encoding="utf-8")
     except OSError as error:  # the reason is in the log already; a read-only run folder must not hide it
         logger.warning("cannot write %s: %s", path, error)

@@ -12,8 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from handler.codec import encode_error
-from handler.errors import HandlerError, ModelLoadError, ModelOutOfMemoryError
-from handler.memory import LOADING_OOM_SCORE_ADJ, SERVING_OOM_SCORE_ADJ, check_room_for, offer_to_oom_killer
+from handler.errors import HandlerError, ModelLoadError, ModelOutOfMemoryError, ModelTooLargeError
+from handler.memory import (
+    LOADING_OOM_SCORE_ADJ,
+    SERVING_OOM_SCORE_ADJ,
+    beyond_total_memory,
+    check_room_for,
+    offer_to_oom_killer,
+)
 from handler.mms_request import leave_load_error, reason_phrase, request_body, request_headers
 from handler.model import TextClassifier, find_saved_model, load_model_dir
 from handler.request import answer_request
@@ -39,12 +45,22 @@ def _load(context: Any) -> None:
             check_room_for(find_saved_model(model_dir), reserve_mb=_settings.load_memory_reserve_mb)
         _classifier = load_model_dir(model_dir, _settings)
         offer_to_oom_killer(SERVING_OOM_SCORE_ADJ)
-    except (ModelLoadError, ModelOutOfMemoryError) as error:
-        # The container's log is the endpoint's CloudWatch log on AWS; the file is for a front end on this host.
-        reason = str(error)
-        logger.error("cannot load model %s: %s", model_name, reason)
-        leave_load_error(load_error_file(_settings.run_dir, model_name), reason)
+    except ModelOutOfMemoryError as error:
+        refusal = beyond_total_memory(error)
+        _report_load_error(model_name, str(refusal), exceeds_total_memory=isinstance(refusal, ModelTooLargeError))
+        if refusal is error:
+            raise
+        raise refusal from error
+    except ModelLoadError as error:
+        _report_load_error(model_name, str(error), exceeds_total_memory=False)
         raise
+
+
+def _report_load_error(model_name: str, reason: str, *, exceeds_total_memory: bool) -> None:
+    assert _settings is not None
+    # The container's log is the endpoint's CloudWatch log on AWS; the file is for a front end on this host.
+    logger.error("cannot load model %s: %s", model_name, reason)
+    leave_load_error(load_error_file(_settings.run_dir, model_name), reason, exceeds_total_memory=exceeds_total_memory)
 
 
 def handle(data: list[dict[str, Any]] | None, context: Any) -> list[bytes] | None:

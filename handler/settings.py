@@ -39,15 +39,16 @@ _SOCKET_SUFFIX = "/tmp/.mms.sock.65535"  # noqa: S108 - a path inside the run di
 _UNIX_SOCKET_PATH_MAX = 107
 
 
-#: Under the run folder: one file per model whose load failed, holding the handler's reason. MMS answers a failed
-#: load with only "Failed to start workers"; a front end on the same host (``mme serve``) reads the reason here.
+#: Under the run folder: one file per model whose load failed, holding the handler's reason as JSON
+#: (``{"reason": str, "exceeds_total_memory": bool}``). MMS answers a failed load with only "Failed to start workers";
+#: a front end on the same host (``mme serve``) reads the reason here, and whether evicting other models can help.
 LOAD_ERRORS_FOLDER = "load-errors"
 
 
 def load_error_file(run_dir: Path, model_name: str) -> Path:
     """Where the handler leaves the reason a load of ``model_name`` failed."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", model_name).lstrip(".") or "_"
-    return run_dir / LOAD_ERRORS_FOLDER / f"{safe}.txt"
+    return run_dir / LOAD_ERRORS_FOLDER / f"{safe}.json"
 
 
 #: Names the container-wide tokenizer for archives that ship none.

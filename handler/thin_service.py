@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from handler.codec import encode_error
-from handler.errors import HandlerError, ModelLoadError, ModelOutOfMemoryError
+from handler.errors import HandlerError, ModelLoadError, ModelOutOfMemoryError, ModelTooLargeError
 from handler.host.client import ModelHostClient, ModelHostUnavailableError
 from handler.mms_request import leave_load_error, reason_phrase, request_body, request_headers
 from handler.settings import ServingSettings, load_error_file, model_host_socket
@@ -50,7 +50,8 @@ class _Lease:
         """
         answer = self.client.call({"op": "load", "model": self.model_name, "model_dir": str(self.model_dir)})
         if answer.status == ModelOutOfMemoryError.status:
-            raise ModelOutOfMemoryError(answer.message)
+            too_large = bool(answer.fields.get("exceeds_total_memory"))
+            raise (ModelTooLargeError if too_large else ModelOutOfMemoryError)(answer.message)
         if answer.status != 200:
             raise ModelLoadError(answer.message or f"the model host answered {answer.status}")
 
@@ -102,7 +103,8 @@ def _load(context: Any) -> _Lease:
     except (ModelLoadError, ModelOutOfMemoryError) as error:
         reason = str(error)
         logger.error("cannot load model %s: %s", model_name, reason)
-        leave_load_error(load_error_file(settings.run_dir, model_name), reason)
+        too_large = isinstance(error, ModelTooLargeError)
+        leave_load_error(load_error_file(settings.run_dir, model_name), reason, exceeds_total_memory=too_large)
         lease.client.close()
         raise
     _lease = lease

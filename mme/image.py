@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 
 import psutil
 
+from handler.memory import CGROUP_ROOT, cgroup_working_set_bytes
 from handler.settings import LOAD_ERRORS_FOLDER
 from mme.container import ContainerError, LocalContainer, free_port
 
@@ -80,6 +81,8 @@ class ImageContainer(LocalContainer):
         self.mounts = {Path(host).resolve(): target for host, target in (mounts or {}).items()}
         self.name = f"mme-serving-{uuid.uuid4().hex[:12]}"
         self._init_pid: int | None = None
+        # The container's charge with no model worker running (see models_memory_bytes).
+        self._idle_bytes: int | None = None
 
     def model_url(self, model_dir: Path) -> str:
         """Where the container sees a model folder of this host: under /opt/ml/models.
@@ -142,6 +145,8 @@ class ImageContainer(LocalContainer):
             self.port = free_port()
             self.base_url = f"http://127.0.0.1:{self.port}"
         super().start()
+        self._idle_bytes = None
+        self.models_memory_bytes()  # no model loaded yet: measures the charge of MMS alone
         return self
 
     def init_pid(self) -> int | None:
@@ -169,6 +174,46 @@ class ImageContainer(LocalContainer):
                 if any("model_service_worker" in part for part in process.cmdline()):
                     workers.append(process)
         return workers
+
+    def memory_cgroup(self) -> Path | None:
+        """The container's memory cgroup folder on this host (cgroup v1 or v2), or None when it is not running.
+
+        Found through the entrypoint's ``/proc/PID/cgroup``, so it does not depend on where the engine's cgroup
+        driver puts containers (``docker/ID`` with cgroupfs, ``system.slice/docker-ID.scope`` with systemd).
+        """
+        pid = self.init_pid()
+        if pid is None:
+            return None
+        try:
+            lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+        except OSError:
+            return None
+        for line in lines:
+            _, controllers, path = line.split(":", 2)
+            if "memory" in controllers.split(","):  # v1
+                return CGROUP_ROOT / "memory" / path.lstrip("/")
+        for line in lines:
+            if line.startswith("0::"):  # v2: one hierarchy, memory in it
+                return CGROUP_ROOT / line[3:].lstrip("/")
+        return None
+
+    def models_memory_bytes(self) -> int:
+        """Memory the loaded models take now, as the kernel charges it: the container's cgroup charge (its working
+        set: usage minus reclaimable page cache, what counts against ``--memory``) above its charge with no model
+        worker running.
+
+        The charge with no worker is measured at start and again whenever no worker runs, so MMS's Java heap, which
+        grows into its committed size over the first minutes of traffic (DESIGN.md), is not counted as models'.
+        Without a readable cgroup, the workers' summed PSS (as on the host).
+        """
+        folder = self.memory_cgroup()
+        charged = cgroup_working_set_bytes(folder) if folder is not None else None
+        if charged is None:
+            return super().models_memory_bytes()
+        if not self.worker_processes():
+            self._idle_bytes = charged
+            return 0
+        return max(charged - (self._idle_bytes or 0), 0)
 
     def exists(self) -> bool:
         """Whether the engine still has this container (running or not)."""

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import hashlib
 import itertools
+import json
 import logging
 import shutil
 import time
@@ -32,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 #: Default seconds a model may take to load into the container (`CachePolicy.load_timeout_seconds`).
 LOAD_TIMEOUT_SECONDS = 120.0
+#: Default seconds a model version that does not fit even alone is refused at once (`CachePolicy.too_large_seconds`).
+TOO_LARGE_SECONDS = 600.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,8 +42,15 @@ class CachePolicy:
     """How many models stay loaded, and how much disk their copies may take.
 
     - ``max_loaded_models`` (default: no limit): the most models loaded at once.
-    - ``memory_budget_bytes`` (default: no limit): resident memory the model workers may use together; a model is
-      unloaded before a load that would, by the current per-model average, exceed it.
+    - ``memory_budget_bytes`` (default: no limit): memory the loaded models may take together, as the kernel
+      charges it (the container's :meth:`~mme.container.LocalContainer.models_memory_bytes`: the model workers'
+      summed PSS on the host, the container's cgroup charge above its charge with no model in an image); a model is
+      unloaded before a load that would, by the current per-model average of that measure, exceed it. MMS's own
+      memory is not counted: it is there with no model loaded, and no eviction can shrink it.
+    - ``too_large_seconds`` (default 600): a model version found not to fit in the container's memory even with no
+      other model loaded is refused at once for this long (no eviction, no load attempt); a changed archive is a new
+      version and is tried again at once. Bounded, because memory can grow meanwhile (other processes on the host
+      exit, or the container is restarted with a larger limit).
     - ``keep_loaded`` (default True): False unloads each model after its invocation, like SageMaker's
       ``ModelCacheSetting=Disabled``.
     - ``load_wait_seconds`` (default 60, SageMaker's invocation timeout): how long a request waits for a cold
@@ -60,8 +70,18 @@ class CachePolicy:
     keep_loaded: bool = True
     load_wait_seconds: float = 60.0
     load_timeout_seconds: float = LOAD_TIMEOUT_SECONDS
+    too_large_seconds: float = TOO_LARGE_SECONDS
     max_archive_bytes: int = 10 * 1024**3
     max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    """The handler's account of a failed load (its load-error file): why, and whether the model needs more than all
+    the memory the container can have, so that unloading other models cannot help."""
+
+    reason: str
+    exceeds_total_memory: bool = False
 
 
 @dataclass(eq=False)
@@ -96,6 +116,9 @@ class ModelCache:
         self._loaded: dict[str, LoadedModel] = {}
         self._loading: dict[str, asyncio.Task[LoadedModel]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        # Model versions (names) that do not fit even alone -> when that was found (monotonic), and the container's
+        # answer then, repeated to every request refused meanwhile.
+        self._too_large: dict[str, tuple[float, str, Response]] = {}
         # Loads and evictions change the container's loaded set one at a time, so budgets are never overshot.
         self._capacity = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
@@ -214,6 +237,7 @@ class ModelCache:
         # Opaque, and new whenever the archive changes, so a rewritten key never serves a stale copy.
         name = "m" + hashlib.sha256(f"{self.store.uri}\0{key}\0{info.version}".encode()).hexdigest()[:24]
         path = self.models_dir / name
+        self._refuse_if_too_large(key, name)
         self.storage.hold(name, key)  # before looking: a clean-up for another install must not take it meanwhile
         if not path.is_dir():
             await self._download_and_extract(key, info.size, name, path)
@@ -277,7 +301,8 @@ class ModelCache:
             )
             if answer.status == 200:
                 return
-            reason = self._take_load_error(name)
+            failure = self._take_load_error(name)
+            reason = failure.reason if failure is not None else None
             # MMS keeps a failed model registered with no workers (and may leave a worker blocked): clean up.
             removed = await self._discard_failed_load(name)
             self._kill_new_workers(workers_before)
@@ -287,17 +312,13 @@ class ModelCache:
                 attempts_left -= 1
                 continue
             if answer.status == 507:
-                victim = self._least_recently_used()
+                # The handler can tell that no eviction would help: refuse now, and every other model stays.
+                victim = None if failure is not None and failure.exceeds_total_memory else self._least_recently_used()
                 if victim is not None:
                     await self._evict(victim, reason=f"container out of memory loading {key}")
                     continue
                 await asyncio.to_thread(shutil.rmtree, path, True)  # a failed load leaves nothing in the cache
-                raise ModelError(
-                    f"model {key} does not fit in the container's memory even with no other model loaded"
-                    + (f": {reason}" if reason else ""),
-                    original_status=answer.status,
-                    original_message=answer.text,
-                )
+                raise self._remember_too_large(key, name, reason, answer)
             await asyncio.to_thread(shutil.rmtree, path, True)
             raise ModelError(
                 f"the container could not load model {key}: {reason or answer.text}",
@@ -305,15 +326,53 @@ class ModelCache:
                 original_message=answer.text,
             )
 
-    def _take_load_error(self, name: str) -> str | None:
-        """The handler's reason for the last failed load of ``name`` (MMS says only "Failed to start workers")."""
+    def _take_load_error(self, name: str) -> LoadFailure | None:
+        """The handler's account of the last failed load of ``name`` (MMS says only "Failed to start workers"), or
+        None when it left none. The file is JSON (``handler.service``); plain text, from an older image, is the
+        reason alone."""
         path = self.container.load_error_file(name)
         try:
-            reason = path.read_text(encoding="utf-8", errors="replace").strip()
+            text = path.read_text(encoding="utf-8", errors="replace").strip()
         except OSError:
             return None
         path.unlink(missing_ok=True)
-        return reason or None
+        try:
+            left = json.loads(text)
+        except ValueError:
+            left = None
+        if not isinstance(left, dict):
+            return LoadFailure(text) if text else None
+        return LoadFailure(str(left.get("reason") or ""), exceeds_total_memory=left.get("exceeds_total_memory") is True)
+
+    def _remember_too_large(self, key: str, name: str, reason: str | None, answer: Response) -> ModelError:
+        """The error for a model version that does not fit even alone, remembered so that retries are refused at
+        once (:meth:`_refuse_if_too_large`) instead of emptying the cache again."""
+        message = (
+            f"model {key} does not fit in the container's memory even with no other model loaded"
+            + (f": {reason}" if reason else "")
+            + f"; it is refused for {self.policy.too_large_seconds:g} s, or until its archive changes"
+        )
+        now = time.monotonic()
+        # Expired refusals go here too, so versions never asked for again do not pile up.
+        self._too_large = {
+            other: found for other, found in self._too_large.items() if now - found[0] < self.policy.too_large_seconds
+        }
+        self._too_large[name] = (now, message, answer)
+        logger.error("%s", message)
+        return ModelError(message, original_status=answer.status, original_message=answer.text)
+
+    def _refuse_if_too_large(self, key: str, name: str) -> None:
+        """Raise the remembered ``ModelError`` if version ``name`` of ``key`` was found not to fit even alone less
+        than ``too_large_seconds`` ago."""
+        found = self._too_large.get(name)
+        if found is None:
+            return
+        found_at, message, answer = found
+        if time.monotonic() - found_at >= self.policy.too_large_seconds:
+            del self._too_large[name]
+            return
+        logger.info("refused %s at once: it did not fit even alone %.0f s ago", key, time.monotonic() - found_at)
+        raise ModelError(message, original_status=answer.status, original_message=answer.text)
 
     async def _download_and_extract(self, key: str, size: int, name: str, path: Path) -> None:
         """Install ``key`` into ``path`` within the cache's disk limit (:meth:`CacheStorage.install`: its errors)."""
@@ -376,12 +435,10 @@ class ModelCache:
         return min(candidates, key=lambda model: (model.in_flight > 0, model.last_used))
 
     def workers_memory_bytes(self) -> int:
-        """Resident memory of all model workers right now."""
-        total = 0
-        for process in self.container.worker_processes():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                total += process.memory_info().rss
-        return total
+        """Memory the loaded models take right now, as the kernel charges it (the container says how:
+        :meth:`~mme.container.LocalContainer.models_memory_bytes`), never summed RSS, which counts the libraries
+        every worker shares once per worker."""
+        return self.container.models_memory_bytes()
 
     async def _make_room(self) -> None:
         limit = self.policy.max_loaded_models

@@ -136,6 +136,11 @@ def test_model_out_of_memory_at_load_returns_507_and_others_keep_serving(
     loaded: LocalContainer, oom_model_dir: Path
 ) -> None:
     assert loaded.client.load("greedy", oom_model_dir).status == 507
+    # Its warm-up asks for 4 TiB, more than any container here has: the handler tells the front end that unloading
+    # other models cannot help.
+    left = json.loads(loaded.load_error_file("greedy").read_text())
+    assert left["exceeds_total_memory"] is True
+    assert "more than the container's" in left["reason"]
     # MMS may put a model back, with no workers, after a failed load (DESIGN.md): the front end's clean-up
     # unregisters it whichever way that race goes, and the name can be loaded again.
     loaded.client.discard("greedy")

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from handler.errors import HandlerError, ModelLoadError, ModelOutOfMemoryError
+from handler.errors import HandlerError, ModelLoadError, ModelOutOfMemoryError, ModelTooLargeError
 from handler.host.protocol import ConnectionClosedError, Message, ProtocolError, receive_message, send_message
-from handler.memory import check_room_for
+from handler.memory import beyond_total_memory, check_room_for
 from handler.model import TextClassifier, configure_tensorflow, find_saved_model, load_model_dir
 from handler.request import answer_request
 from handler.settings import ServingSettings, SettingsError
@@ -155,8 +155,11 @@ class ModelHost:
         try:
             self.registry.acquire(key)
         except ModelOutOfMemoryError as error:
-            logger.error("cannot load model %s: %s", name, error)
-            return _error(ModelOutOfMemoryError.status, str(error))
+            # The thin worker tells the front end whether unloading other models could ever make room.
+            refusal = beyond_total_memory(error)
+            logger.error("cannot load model %s: %s", name, refusal)
+            fields, payload = _error(ModelOutOfMemoryError.status, str(refusal))
+            return {**fields, "exceeds_total_memory": isinstance(refusal, ModelTooLargeError)}, payload
         except HandlerError as error:
             logger.error("cannot load model %s: %s", name, error.message)
             return _error(error.status, error.message)

@@ -16,7 +16,7 @@ from mme.archive import ARCHIVE_SUFFIX
 from mme.cli import app, error_message
 from mme.cli.output import environment_pairs, fail, parse_size
 from mme.endpoint import BODY_TIMEOUT_SECONDS, INVOCATION_TIMEOUT_SECONDS, SHUTDOWN_GRACE_SECONDS
-from mme.models import LOAD_TIMEOUT_SECONDS
+from mme.models import LOAD_TIMEOUT_SECONDS, TOO_LARGE_SECONDS
 
 if TYPE_CHECKING:
     from mme.container import LocalContainer
@@ -140,7 +140,11 @@ def serve(
     ] = None,
     max_loaded_models: Annotated[int | None, typer.Option(min=1, help="Most models loaded at once.")] = None,
     memory_budget: Annotated[
-        str | None, typer.Option(help="Resident memory all model workers may use, e.g. 4GiB. Default: no limit.")
+        str | None,
+        typer.Option(
+            help="Memory the loaded models may take together, as the kernel charges it (model workers' PSS; in an "
+            "image, the container's cgroup charge above its charge with no model), e.g. 4GiB. Default: no limit."
+        ),
     ] = None,
     model_cache: Annotated[
         ModelCacheSetting, typer.Option(help="disabled unloads each model after its invocation.")
@@ -151,6 +155,14 @@ def serve(
     load_timeout_seconds: Annotated[
         float, typer.Option(min=0.1, help="How long a model may take to load before the load is abandoned.")
     ] = LOAD_TIMEOUT_SECONDS,
+    too_large_seconds: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="How long a model version that does not fit in memory even alone is refused at once, without "
+            "evicting or loading.",
+        ),
+    ] = TOO_LARGE_SECONDS,
     body_timeout_seconds: Annotated[
         float, typer.Option(min=0.1, help="How long a request's body may take after its headers before a 408.")
     ] = BODY_TIMEOUT_SECONDS,
@@ -226,6 +238,7 @@ def serve(
                 keep_loaded=model_cache is ModelCacheSetting.enabled,
                 load_wait_seconds=load_wait_seconds,
                 load_timeout_seconds=load_timeout_seconds,
+                too_large_seconds=too_large_seconds,
                 max_cache_bytes=cache_bytes,
             ),
             container_environment=environment,

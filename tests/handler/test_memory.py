@@ -6,8 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from handler.errors import ModelOutOfMemoryError
-from handler.memory import cgroup_free_bytes, check_room_for, system_available_bytes
+from handler.errors import ModelOutOfMemoryError, ModelTooLargeError
+from handler.memory import (
+    beyond_total_memory,
+    cgroup_free_bytes,
+    cgroup_working_set_bytes,
+    check_room_for,
+    system_available_bytes,
+    tensorflow_request_bytes,
+    total_memory_bytes,
+)
 
 MIB = 1024 * 1024
 
@@ -54,3 +62,59 @@ def test_a_load_that_does_not_fit_is_refused_with_a_memory_error_saying_why(tmp_
     assert isinstance(caught.value, MemoryError)  # what MMS answers with 507
     check_room_for(saved_model, reserve_mb=200, cgroup_root=cgroup, meminfo=meminfo)  # 300 MiB needed: fits
     check_room_for(saved_model, reserve_mb=0, cgroup_root=cgroup, meminfo=meminfo)  # the check is off
+
+
+def test_total_memory_is_the_cgroup_limit_or_else_the_machines(tmp_path: Path) -> None:
+    meminfo = _files(tmp_path, {"meminfo": "MemTotal:       4194304 kB\nMemAvailable:    2048 kB\n"}) / "meminfo"
+    v1 = _files(tmp_path / "v1", {"memory/memory.limit_in_bytes": str(1024 * MIB)})
+    v2 = _files(tmp_path / "v2", {"memory.max": f"{512 * MIB}\n"})
+    unlimited = _files(tmp_path / "none", {"memory.max": "max\n"})
+    assert total_memory_bytes(v1, meminfo) == 1024 * MIB
+    assert total_memory_bytes(v2, meminfo) == 512 * MIB
+    assert total_memory_bytes(unlimited, meminfo) == 4096 * MIB
+
+
+def test_cgroup_working_set_leaves_out_reclaimable_cache_v1_and_v2(tmp_path: Path) -> None:
+    v1 = _files(tmp_path / "v1", {"memory.usage_in_bytes": str(900 * MIB),
+                                  "memory.stat": f"cache 5\ntotal_inactive_file {100 * MIB}\n"})  # fmt: skip
+    v2 = _files(tmp_path / "v2", {"memory.current": str(700 * MIB), "memory.stat": f"inactive_file {200 * MIB}\n"})
+    assert cgroup_working_set_bytes(v1) == 800 * MIB
+    assert cgroup_working_set_bytes(v2) == 500 * MIB
+    assert cgroup_working_set_bytes(tmp_path / "gone") is None
+
+
+def test_tensorflows_out_of_memory_message_gives_the_tensors_size() -> None:
+    # As TensorFlow 2.21 words it (the greedy test model's warm-up).
+    message = ("Graph execution error:\n\nOOM when allocating tensor with shape[1073741824,1024] and type float on "
+               "/job:localhost/replica:0/task:0/device:CPU:0 by allocator mklcpu\n\t [[{{node zeros}}]]")  # fmt: skip
+    assert tensorflow_request_bytes(message) == 4 * 1024**4
+    assert tensorflow_request_bytes("OOM when allocating tensor with shape[3, 5] and type int64 on ...") == 120
+    assert tensorflow_request_bytes("failed to allocate memory") is None
+
+
+def test_a_tensor_larger_than_the_whole_container_means_too_large_even_alone(tmp_path: Path) -> None:
+    cgroup = _files(tmp_path / "cg", {"memory.max": str(1024 * MIB)})
+    meminfo = _files(tmp_path, {"meminfo": "MemTotal: 20000000 kB\n"}) / "meminfo"
+    huge = ModelOutOfMemoryError("out of memory: OOM when allocating tensor with shape[2048,1048576] and type float")
+    refusal = beyond_total_memory(huge, cgroup_root=cgroup, meminfo=meminfo)
+    assert isinstance(refusal, ModelTooLargeError)
+    assert isinstance(refusal, MemoryError)  # still a 507 for MMS
+    assert "one tensor of 8192 MiB, more than the container's 1024 MiB in total" in str(refusal)
+    small = ModelOutOfMemoryError("OOM when allocating tensor with shape[256,1048576] and type float")
+    assert beyond_total_memory(small, cgroup_root=cgroup, meminfo=meminfo) is small  # may fit once others unload
+    vague = ModelOutOfMemoryError("out of memory")
+    assert beyond_total_memory(vague, cgroup_root=cgroup, meminfo=meminfo) is vague
+
+
+def test_a_load_needing_more_than_the_whole_container_is_too_large_not_just_out_of_memory(tmp_path: Path) -> None:
+    saved_model = tmp_path / "model" / "0"
+    saved_model.mkdir(parents=True)
+    (saved_model / "variables.data").write_bytes(b"\0" * (400 * MIB))
+    cgroup = _files(tmp_path / "cg", {"memory.max": str(1024 * MIB), "memory.current": str(100 * MIB)})
+    meminfo = _files(tmp_path, {"meminfo": "MemTotal: 20000000 kB\nMemAvailable: 20000000 kB\n"}) / "meminfo"
+    with pytest.raises(ModelTooLargeError, match=r"about 1100 MiB .* more than the container's 1024 MiB in total"):
+        check_room_for(saved_model, reserve_mb=300, cgroup_root=cgroup, meminfo=meminfo)
+    # Needing 1000 MiB of 1024 fits alone, so it is the ordinary 507 that eviction answers.
+    with pytest.raises(ModelOutOfMemoryError) as caught:
+        check_room_for(saved_model, reserve_mb=200, cgroup_root=cgroup, meminfo=meminfo)
+    assert not isinstance(caught.value, ModelTooLargeError)

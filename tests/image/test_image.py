@@ -99,7 +99,9 @@ def test_under_a_memory_limit_a_load_that_does_not_fit_is_507_and_loaded_models_
     loaded, status = _load_until_refused(container)
     assert status == 507, "SageMaker evicts and retries only on 507"
     assert loaded, "not even one model fitted in 1 GiB"
-    assert "not enough memory to load" in container.load_error_file(f"copy{len(loaded)}").read_text()
+    left = json.loads(container.load_error_file(f"copy{len(loaded)}").read_text())
+    assert "not enough memory to load" in left["reason"]
+    assert left["exceeds_total_memory"] is False  # it fits once another model is unloaded
     _all_serve(container, loaded)
     assert container.running
     # What SageMaker does next: unload the least recently used model, and the load fits.

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 from botocore.exceptions import ClientError
+from local_serving import serving_containers
 
+from handler.memory import CGROUP_ROOT, cgroup_working_set_bytes
+from mme.container import processes_under
+from mme.image import DOCKER
 from mme.serve_process import ServeProcess
 
 ROUND_ROBIN = ["sentiment.tar.gz", "topic.tar.gz", "sentiment-copy.tar.gz"] * 3
@@ -40,12 +47,91 @@ def test_budget_of_one_model_round_robin_over_three_all_succeed(
     endpoint.stop()
 
 
-def test_memory_budget_below_two_models_keeps_one_loaded(serve: Callable[..., ServeProcess], store: Path) -> None:
-    # One worker with TensorFlow takes a few hundred MB: 1 byte lets only one model stay.
-    endpoint = serve(store, "--memory-budget", "1")
+class _Meter:
+    """What the kernel charges for the models of one endpoint, measured from outside it, and its workers' summed RSS:
+    on the host the workers' summed PSS; in the image the container's cgroup charge above its charge at start."""
+
+    def __init__(self, endpoint: ServeProcess, containers_before: set[str]) -> None:
+        self.endpoint = endpoint
+        self.cgroup: Path | None = None
+        self.root: psutil.Process | None = None
+        started = set(serving_containers()) - containers_before
+        if started:  # the image variant
+            (name,) = started
+            pid = subprocess.run([DOCKER, "inspect", "--format", "{{.State.Pid}}", name],
+                                 capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+            self.root = psutil.Process(int(pid))
+            memory = next(line for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines() if ":memory:" in line)
+            self.cgroup = CGROUP_ROOT / "memory" / memory.split(":", 2)[2].lstrip("/")
+        self.idle = self._cgroup_charge() if self.cgroup is not None else 0
+
+    def _cgroup_charge(self) -> int:
+        assert self.cgroup is not None
+        charge = cgroup_working_set_bytes(self.cgroup)
+        assert charge is not None, f"no memory cgroup at {self.cgroup}"
+        return charge
+
+    def workers(self) -> list[psutil.Process]:
+        processes = self.root.children(recursive=True) if self.root else processes_under(self.endpoint.tmp_dir)
+        workers = []
+        for process in processes:
+            with contextlib.suppress(psutil.NoSuchProcess):  # a zombie too (the image's init reaps late)
+                if "model_service_worker" in " ".join(process.cmdline()):
+                    workers.append(process)
+        return workers
+
+    def charged(self) -> int:
+        if self.cgroup is not None:
+            return self._cgroup_charge() - self.idle
+        return sum(process.memory_full_info().pss for process in self.workers())
+
+    def summed_rss(self) -> int:
+        return sum(process.memory_info().rss for process in self.workers())
+
+
+@pytest.fixture(scope="module")
+def model_memory(serve: Callable[..., ServeProcess], store: Path) -> tuple[list[int], int]:
+    """Measured with no budget: the models' charge with the first one, two and three models of the round robin
+    loaded, and the summed RSS of the three models' workers."""
+    containers_before = set(serving_containers())
+    endpoint = serve(store)
+    meter = _Meter(endpoint, containers_before)
+    charged = []
+    for model in ROUND_ROBIN[:3]:
+        _label(endpoint, model, "I loved it, wonderful")
+        charged.append(meter.charged())
+    rss = meter.summed_rss()
+    assert endpoint.metric("mme_loaded_models") == 3
+    endpoint.stop()
+    return charged, rss
+
+
+def test_memory_budget_between_one_and_two_models_keeps_one_loaded(
+    serve: Callable[..., ServeProcess], store: Path, model_memory: tuple[list[int], int]
+) -> None:
+    (one, two, _), _ = model_memory
+    endpoint = serve(store, "--memory-budget", str((one + two) // 2))
     _round_robin(endpoint)
     assert endpoint.metric("mme_loaded_models") == 1
+    assert endpoint.metric("mme_model_loads_total") == len(ROUND_ROBIN)
     assert endpoint.metric("mme_model_evictions_total") == len(ROUND_ROBIN) - 1
+    endpoint.stop()
+
+
+def test_memory_budget_above_three_models_charge_keeps_all_three_though_their_summed_rss_is_above_it(
+    serve: Callable[..., ServeProcess], store: Path, model_memory: tuple[list[int], int]
+) -> None:
+    (one, _, three), rss = model_memory
+    # One increment above the three models: before a load the front end counts the next model as the loaded ones'
+    # average, which carries the TensorFlow libraries the first worker brought in, so more than an increment.
+    budget = three + (three - one) // 2
+    # The point: summed RSS counts the TensorFlow libraries once per worker, and would have evicted here.
+    assert budget < rss, f"three models charge {three} bytes, their workers' summed RSS is {rss}"
+    endpoint = serve(store, "--memory-budget", str(budget))
+    _round_robin(endpoint)
+    assert endpoint.metric("mme_loaded_models") == 3
+    assert endpoint.metric("mme_model_loads_total") == 3
+    assert endpoint.metric("mme_model_evictions_total") == 0
     endpoint.stop()
 
 

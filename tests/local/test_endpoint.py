@@ -98,13 +98,50 @@ def test_bad_input_is_a_model_error_carrying_the_container_answer(endpoint: Serv
     assert json.loads(_invoke(endpoint, "sentiment.tar.gz", {"input_text": "I loved it"})["Body"].read())
 
 
-def test_model_out_of_memory_is_a_model_error_and_others_keep_serving(endpoint: ServeProcess) -> None:
+def _load_attempts(endpoint: ServeProcess, key: str) -> int:
+    """How many times mme serve asked the container to load ``key`` and was refused (its log says each)."""
+    return sum(f"loading {key} answered" in line for line in endpoint.log.read_text(errors="replace").splitlines())
+
+
+def test_model_that_cannot_fit_even_alone_is_refused_at_once_and_others_stay_loaded(endpoint: ServeProcess) -> None:
     client = endpoint.client()
+    for model in ("sentiment.tar.gz", "topic.tar.gz"):
+        assert json.loads(_invoke(endpoint, model, {"input_text": "I loved it"})["Body"].read())
+    loaded, evictions = endpoint.metric("mme_loaded_models"), endpoint.metric("mme_model_evictions_total")
+    loads = endpoint.metric("mme_model_loads_total")
+    # Its warm-up asks TensorFlow for 4 TiB: more than the container has in total, so no eviction can help.
     error = _error(lambda: _invoke(endpoint, "greedy.tar.gz", {"input_text": "hi"}))
     assert isinstance(error, client.exceptions.ModelError)
     assert error.response["OriginalStatusCode"] == 507
+    message = error.response["Error"]["Message"]
+    assert "greedy.tar.gz does not fit in the container's memory even with no other model loaded" in message
+    assert "more than the container's" in message
+    assert endpoint.metric("mme_loaded_models") == loaded >= 2
+    assert endpoint.metric("mme_model_evictions_total") == evictions
+    assert _load_attempts(endpoint, "greedy.tar.gz") == 1
+    # A retry is refused at once: no load attempt, no eviction.
+    again = _error(lambda: _invoke(endpoint, "greedy.tar.gz", {"input_text": "hi"}))
+    assert isinstance(again, client.exceptions.ModelError)
+    assert again.response["Error"]["Message"] == message
+    assert _load_attempts(endpoint, "greedy.tar.gz") == 1
+    assert "refused greedy.tar.gz at once" in endpoint.log.read_text(errors="replace")
+    assert endpoint.metric("mme_model_evictions_total") == evictions
+    # The other models keep serving, still loaded.
     answer = _invoke(endpoint, "topic.tar.gz", {"input_text": "simmer the garlic and tomatoes for the pasta sauce"})
     assert json.loads(answer["Body"].read())["label"] == "food"
+    assert endpoint.metric("mme_model_loads_total") == loads
+
+
+def test_a_model_refused_as_too_large_is_tried_again_once_the_refusal_expires(
+    serve: Callable[..., ServeProcess], store: Path
+) -> None:
+    short = serve(store, "--too-large-seconds", "0")
+    client = short.client()
+    for attempt in (1, 2):
+        assert isinstance(_error(lambda: _invoke(short, "greedy.tar.gz", {"input_text": "hi"})),
+                          client.exceptions.ModelError)  # fmt: skip
+        assert _load_attempts(short, "greedy.tar.gz") == attempt
+    short.stop()
 
 
 def test_model_out_of_memory_at_predict_is_a_model_error_after_making_room(endpoint: ServeProcess) -> None:
@@ -167,8 +204,8 @@ def test_concurrent_first_invocations_cause_exactly_one_load(endpoint: ServeProc
 def test_metrics_count_invocations_errors_and_loaded_models(endpoint: ServeProcess) -> None:
     assert endpoint.metric("mme_invocations_total", 'model="sentiment.tar.gz"') >= 1
     assert endpoint.metric("mme_invocation_errors_total", 'error="ValidationError",model="nothing-here.tar.gz"') == 1
-    # The model that never fits made room by unloading every other model (SageMaker's retry on 507) first.
-    assert endpoint.metric("mme_model_evictions_total") >= 3
+    # Only the out-of-memory prediction evicted: the model that never fits was refused without evicting anything.
+    assert endpoint.metric("mme_model_evictions_total") == 1
     assert endpoint.metric("mme_loaded_models") >= 2
     assert endpoint.metric("mme_cache_hits_total") >= 1
     assert endpoint.metric("mme_cache_misses_total") >= 3

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -195,11 +196,15 @@ class TensorFlowTextClassifier:
         labels: tuple[str, ...],
         plan: ServingPlan,
         response_format: ResponseFormat = ResponseFormat.PREDICTION,
+        tokenizer_lock: threading.Lock | None = None,
     ) -> None:
         # Holding the loaded object keeps the variables the signature reads alive.
         self._saved_model = saved_model
         self._signature = saved_model.signatures[SIGNATURE]
         self._tokenizer = tokenizer
+        # A fast tokenizer called from two threads at once fails with "Already borrowed" (each call with padding or
+        # truncation settings changes the Rust tokenizer's state), and the shared model host predicts on threads.
+        self._tokenizer_lock = tokenizer_lock or threading.Lock()
         self._labels = labels
         self.plan = plan
         self._response_format = response_format
@@ -216,6 +221,7 @@ class TensorFlowTextClassifier:
             labels=self._labels,
             plan=replace(self.plan, max_sequence_length=max_sequence_length),
             response_format=self._response_format,
+            tokenizer_lock=self._tokenizer_lock,
         )
 
     @property
@@ -231,16 +237,17 @@ class TensorFlowTextClassifier:
         import tensorflow as tf
 
         wanted = self.plan.tokenizer_outputs()
-        encoded = self._tokenizer(
-            list(texts),
-            # A static signature length takes exactly that many tokens; a dynamic one the batch's longest text.
-            padding="max_length" if self.plan.static_length else True,
-            truncation=True,
-            max_length=self.plan.max_sequence_length,
-            return_tensors="np",
-            return_token_type_ids="token_type_ids" in wanted,
-            return_attention_mask="attention_mask" in wanted,
-        )
+        with self._tokenizer_lock:
+            encoded = self._tokenizer(
+                list(texts),
+                # A static signature length takes exactly that many tokens; a dynamic one the batch's longest text.
+                padding="max_length" if self.plan.static_length else True,
+                truncation=True,
+                max_length=self.plan.max_sequence_length,
+                return_tensors="np",
+                return_token_type_ids="token_type_ids" in wanted,
+                return_attention_mask="attention_mask" in wanted,
+            )
         feeds = {
             binding.signature_input: tf.constant(encoded[binding.tokenizer_output], dtype=binding.dtype)
             for binding in self.plan.bindings

@@ -1,12 +1,16 @@
 """The container's entrypoint: settings in, MMS up (``serve``).
 
 Starts multi-model-server in multi-model mode through sagemaker-inference's ``start_model_server`` with our
-handler, and blocks until MMS exits. Every path MMS writes to comes from :class:`ServingSettings`, so the same code
-path runs on a host outside the container (tests, ``mme serve``).
+handler, and blocks until MMS exits. With ``MME_MODEL_HOST=shared`` it first starts the model host
+(:mod:`handler.host`), supervises it while MMS runs, and gives MMS the thin handler that forwards to it.
+
+Every path MMS writes to comes from :class:`ServingSettings`, so the same code path runs on a host outside the
+container (tests, ``mme serve``).
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -16,9 +20,14 @@ from pathlib import Path
 
 import psutil
 
-from handler.settings import HANDLER_ENTRY_POINT, ServingSettings, SettingsError
+from handler.settings import HANDLER_ENTRY_POINT, SHARED, THIN_HANDLER_ENTRY_POINT, ServingSettings, SettingsError
 
 logger = logging.getLogger(__name__)
+
+
+def handler_entry_point(settings: ServingSettings) -> str:
+    """The handler MMS runs in its workers: the whole model (per-worker mode), or the thin one of shared mode."""
+    return THIN_HANDLER_ENTRY_POINT if settings.model_host == SHARED else HANDLER_ENTRY_POINT
 
 
 def mms_environment(settings: ServingSettings) -> dict[str, str]:
@@ -38,7 +47,7 @@ def mms_environment(settings: ServingSettings) -> dict[str, str]:
     return {
         # Read by sagemaker_inference at import: multi-model mode.
         "SAGEMAKER_MULTI_MODEL": "true",
-        "SAGEMAKER_HANDLER": HANDLER_ENTRY_POINT,
+        "SAGEMAKER_HANDLER": handler_entry_point(settings),
         "SAGEMAKER_BIND_TO_PORT": str(settings.port),
         "SAGEMAKER_MODEL_SERVER_WORKERS": str(settings.workers_per_model),
         "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS": str(settings.response_timeout_seconds),
@@ -140,6 +149,9 @@ def main() -> None:
     # MMS resolves its logs relative to the working directory.
     os.chdir(settings.run_dir)
 
+    if settings.model_host == SHARED:
+        _start_model_host(settings)
+
     # Imported only now: the module reads SAGEMAKER_MULTI_MODEL when it is imported.
     from sagemaker_inference import model_server
 
@@ -152,7 +164,21 @@ def main() -> None:
     threading.Thread(target=watch_mms, args=(pid_file,), name="watch MMS", daemon=True).start()
     # Our own lookup of the process to wait on and stop (own_mms_process says why).
     model_server._retrieve_mms_server_process = lambda: own_mms_process(pid_file)
-    model_server.start_model_server(handler_service=HANDLER_ENTRY_POINT)
+    model_server.start_model_server(handler_service=handler_entry_point(settings))
+
+
+def _start_model_host(settings: ServingSettings) -> None:
+    """Start the model host before MMS, so the first load finds it; exit with MMS's death status if it cannot."""
+    from handler.host.supervisor import ModelHostNotReadyError, ModelHostSupervisor
+
+    supervisor = ModelHostSupervisor(settings)
+    # After MMS (and so every worker) has stopped; a serve that is killed takes the host along (PDEATHSIG).
+    atexit.register(supervisor.stop)
+    try:
+        supervisor.start()
+    except ModelHostNotReadyError as error:
+        supervisor.stop()
+        _exit_because(str(error))
 
 
 if __name__ == "__main__":

@@ -7,14 +7,12 @@ JSON body and that status; the worker keeps serving. A ``MemoryError`` propagate
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
-from handler.codec import decode_request, encode_error, encode_response, response_type
+from handler.codec import encode_error
 from handler.errors import HandlerError, ModelLoadError, ModelOutOfMemoryError, ModelTooLargeError
-from handler.manifest import ResponseFormat
 from handler.memory import (
     LOADING_OOM_SCORE_ADJ,
     SERVING_OOM_SCORE_ADJ,
@@ -22,7 +20,9 @@ from handler.memory import (
     check_room_for,
     offer_to_oom_killer,
 )
+from handler.mms_request import leave_load_error, reason_phrase, request_body, request_headers
 from handler.model import TextClassifier, find_saved_model, load_model_dir
+from handler.request import answer_request
 from handler.settings import ServingSettings, load_error_file
 
 logger = logging.getLogger(__name__)
@@ -57,44 +57,10 @@ def _load(context: Any) -> None:
 
 
 def _report_load_error(model_name: str, reason: str, *, exceeds_total_memory: bool) -> None:
-    """Log why a load failed, and leave it for a front end on this host in the load-error file: JSON
-    ``{"reason": str, "exceeds_total_memory": bool}``, the latter true when no eviction can make the model fit."""
     assert _settings is not None
     # The container's log is the endpoint's CloudWatch log on AWS; the file is for a front end on this host.
     logger.error("cannot load model %s: %s", model_name, reason)
-    path = load_error_file(_settings.run_dir, model_name)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"reason": reason, "exceeds_total_memory": exceeds_total_memory}), encoding="utf-8")
-    except OSError as error:  # the reason is in the log already; a read-only run folder must not hide it
-        logger.warning("cannot write %s: %s", path, error)
-
-
-def _headers(context: Any, index: int) -> dict[str, str]:
-    properties = context.request_processor[index].get_request_properties() or {}
-    return {str(key).lower(): value for key, value in properties.items() if isinstance(value, str)}
-
-
-def _answer(request: dict[str, Any], headers: dict[str, str], settings: ServingSettings) -> tuple[bytes, str]:
-    """Decode one request, predict, and encode the answer; raises :class:`HandlerError` on bad input."""
-    assert _classifier is not None
-    body = request.get("body")
-    if body is None:
-        body = request.get("data")
-    decoded = decode_request(body, headers.get("content-type"), max_texts=settings.max_texts_per_request)
-    accept = response_type(headers.get("accept"), decoded)
-    predictions = _classifier.predict(decoded.texts)
-    raw = _classifier.response_format is ResponseFormat.RAW
-    return encode_response(predictions, decoded, accept, raw=raw), accept
-
-
-def reason_phrase(message: str) -> str:
-    """``message`` as an HTTP reason phrase MMS can carry: ASCII only (``\\u00a1`` for ``¡``); the body has it exact.
-
-    MMS 1.1.11's worker frames the phrase with its length in characters but writes its UTF-8 bytes, so one non-ASCII
-    character (a JSON key quoted back to the client, say) desynchronises the stream and MMS kills the worker.
-    """
-    return message.encode("ascii", "backslashreplace").decode("ascii")
+    leave_load_error(load_error_file(_settings.run_dir, model_name), reason, exceeds_total_memory=exceeds_total_memory)
 
 
 def handle(data: list[dict[str, Any]] | None, context: Any) -> list[bytes] | None:
@@ -109,12 +75,20 @@ def handle(data: list[dict[str, Any]] | None, context: Any) -> list[bytes] | Non
         return None
     if _classifier is None or _settings is None:
         _load(context)
-    assert _settings is not None
+    classifier, settings = _classifier, _settings
+    assert classifier is not None
+    assert settings is not None
     responses: list[bytes] = []
     for index, request in enumerate(data):
-        headers = _headers(context, index)
+        headers = request_headers(context, index)
         try:
-            body, content_type = _answer(request, headers, _settings)
+            body, content_type = answer_request(
+                classifier,
+                request_body(request),
+                headers.get("content-type"),
+                headers.get("accept"),
+                max_texts=settings.max_texts_per_request,
+            )
         except HandlerError as error:
             # Not the message: it may quote the request, and logs never hold request text.
             logger.info("request %d rejected with %d (%s)", index, error.status, type(error).__name__)

@@ -15,6 +15,23 @@ from pathlib import Path
 
 #: The handler MMS calls for every model: ``module:function`` (a function-style handler, see DESIGN.md).
 HANDLER_ENTRY_POINT = "handler.service:handle"
+#: The handler of ``MME_MODEL_HOST=shared``: no TensorFlow in the worker, it forwards to the model host.
+THIN_HANDLER_ENTRY_POINT = "handler.thin_service:handle"
+
+#: ``MME_MODEL_HOST`` values: each MMS worker holds its own TensorFlow runtime and model (the baseline), or one
+#: model host process holds TensorFlow and every model and the workers forward to it.
+PER_WORKER = "per-worker"
+SHARED = "shared"
+MODEL_HOST_MODES = (PER_WORKER, SHARED)
+
+#: Under the run folder: the model host's Unix socket (shared mode). Shorter than MMS's socket names, so the run
+#: folder's length check covers it.
+MODEL_HOST_SOCKET = "model-host.sock"
+
+
+def model_host_socket(run_dir: Path) -> Path:
+    """The Unix socket the shared model host listens on."""
+    return run_dir / MODEL_HOST_SOCKET
 
 
 # MMS puts each worker's Unix socket at <run dir>/tmp/.mms.sock.<port>; Linux caps a socket path at 107 bytes.
@@ -96,6 +113,13 @@ class ServingSettings:
     mms_config_file: Path = Path("/etc/sagemaker-mms.properties")
     #: ``MME_RUN_DIR`` (``/tmp/mme``): MMS logs, pid file, worker sockets and JVM temp files.
     run_dir: Path = Path("/tmp/mme")  # noqa: S108 - the one writable scratch place every container has
+    #: ``MME_MODEL_HOST`` (``per-worker``): ``per-worker`` gives each MMS worker its own TensorFlow runtime (~250 MB
+    #: per model however small); ``shared`` runs one model host process holding TensorFlow and every model, which
+    #: ``serve`` starts and restarts, and MMS's workers forward to it (docs/model-host.md).
+    model_host: str = PER_WORKER
+    #: ``MME_MODEL_HOST_START_TIMEOUT_SECONDS`` (60): how long ``serve`` waits for a (re)started model host to listen,
+    #: and a worker waits to reach it; TensorFlow's import takes a few seconds of it.
+    model_host_start_timeout_seconds: int = 60
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServingSettings:
@@ -118,6 +142,9 @@ class ServingSettings:
                 f"{_UNIX_SOCKET_PATH_MAX}-byte limit of a Unix socket path; use a folder of at most "
                 f"{_UNIX_SOCKET_PATH_MAX - len(_SOCKET_SUFFIX)} characters"
             )
+        model_host = env.get("MME_MODEL_HOST", "").strip().lower() or PER_WORKER
+        if model_host not in MODEL_HOST_MODES:
+            raise SettingsError(f"MME_MODEL_HOST={model_host!r} must be one of {', '.join(MODEL_HOST_MODES)}")
         return cls(
             port=_int(env, "SAGEMAKER_BIND_TO_PORT", 8080, minimum=1),
             bind_host=env.get("MME_BIND_HOST", "").strip() or "0.0.0.0",  # noqa: S104
@@ -133,4 +160,6 @@ class ServingSettings:
             default_tokenizer_dir=_optional_path(env, DEFAULT_TOKENIZER_VARIABLE),
             mms_config_file=_optional_path(env, "MME_MMS_CONFIG_FILE") or Path("/etc/sagemaker-mms.properties"),
             run_dir=run_dir,
+            model_host=model_host,
+            model_host_start_timeout_seconds=_int(env, "MME_MODEL_HOST_START_TIMEOUT_SECONDS", 60, minimum=1),
         )

@@ -35,6 +35,8 @@ def test_every_tunable_is_read_from_its_variable() -> None:
             "MME_DEFAULT_TOKENIZER_DIR": "/opt/tokenizer",
             "MME_MMS_CONFIG_FILE": "/tmp/x/mms.properties",
             "MME_RUN_DIR": "/tmp/x",
+            "MME_MODEL_HOST": "Shared",
+            "MME_MODEL_HOST_START_TIMEOUT_SECONDS": "20",
         }
     )
     assert settings == ServingSettings(
@@ -51,6 +53,8 @@ def test_every_tunable_is_read_from_its_variable() -> None:
         default_tokenizer_dir=Path("/opt/tokenizer"),
         mms_config_file=Path("/tmp/x/mms.properties"),
         run_dir=Path("/tmp/x"),
+        model_host="shared",
+        model_host_start_timeout_seconds=20,
     )
 
 
@@ -61,6 +65,7 @@ def test_every_tunable_is_read_from_its_variable() -> None:
         ("SAGEMAKER_MODEL_SERVER_WORKERS", "0", "SAGEMAKER_MODEL_SERVER_WORKERS=0 must be >= 1"),
         ("MME_JVM_HEAP", "lots", "MME_JVM_HEAP='lots' must look like 512m or 2g"),
         ("MME_LOG_LEVEL", "loud", "MME_LOG_LEVEL='LOUD' must be one of"),
+        ("MME_MODEL_HOST", "pooled", "MME_MODEL_HOST='pooled' must be one of per-worker, shared"),
     ],
 )
 def test_malformed_variable_is_named_in_the_error(name: str, value: str, fragment: str) -> None:
@@ -85,3 +90,10 @@ def test_mms_environment_redirects_every_path_and_timeout_in_seconds(tmp_path: P
     assert "-XX:-UsePerfData" in env["SAGEMAKER_MODEL_SERVER_VMARGS"]
     assert env["TMPDIR"] == str(tmp_path / "tmp")
     assert env["LOG_LOCATION"] == str(tmp_path / "logs")
+
+
+def test_per_worker_mode_is_the_default_and_shared_mode_gives_mms_the_thin_handler(tmp_path: Path) -> None:
+    assert ServingSettings.from_env({}).model_host == "per-worker"
+    assert mms_environment(ServingSettings(run_dir=tmp_path))["SAGEMAKER_HANDLER"] == "handler.service:handle"
+    shared = ServingSettings(run_dir=tmp_path, model_host="shared")
+    assert mms_environment(shared)["SAGEMAKER_HANDLER"] == "handler.thin_service:handle"

@@ -37,6 +37,7 @@ if str(ROOT) not in sys.path:  # run as a script: bench/ is not a package on the
     sys.path.insert(0, str(ROOT))
 
 from bench.load import process_role  # noqa: E402
+from handler.settings import ServingSettings  # noqa: E402
 from mme.archive import extract_archive  # noqa: E402
 from mme.aws.cost import load_density, load_prices  # noqa: E402
 from mme.container import LocalContainer, processes_under  # noqa: E402
@@ -70,8 +71,9 @@ def container_processes(container: LocalContainer) -> list[psutil.Process]:
 
 
 def pss_by_role(container: LocalContainer) -> dict[str, int]:
-    """PSS in bytes of the container's processes, summed per role (entrypoint, frontend, workers, other)."""
-    totals = {"entrypoint": 0, "frontend": 0, "workers": 0, "other": 0}
+    """PSS in bytes of the container's processes, summed per role (entrypoint, frontend, workers, model_host,
+    other)."""
+    totals = {"entrypoint": 0, "frontend": 0, "workers": 0, "model_host": 0, "other": 0}
     for process in container_processes(container):
         try:
             role = process_role(" ".join(process.cmdline()))
@@ -177,9 +179,10 @@ def main() -> None:
             "python": platform.python_version(),
         },
         "method": (
-            "host processes of the container's software (LocalContainer: python -m handler.serve, MMS front end, one "
-            "worker per model, SAGEMAKER_MODEL_SERVER_WORKERS=1); copies of the demo archives loaded under "
-            f"different names, each invoked once; after 0, {', '.join(map(str, counts))} models the PSS "
+            "host processes of the container's software (LocalContainer: python -m handler.serve, MMS front end, MMS "
+            "workers, one per idle model, and in shared mode the model host), "
+            f"MME_MODEL_HOST={ServingSettings.from_env(environment).model_host}; copies of the demo archives loaded "
+            f"under different names, each invoked once; after 0, {', '.join(map(str, counts))} models the PSS "
             "(psutil memory_full_info().pss) of every process in the container's session is summed, the median of "
             "5 readings 1 s apart; per_model_bytes and intercept_bytes are the least-squares fit over the loaded "
             "points; base_bytes is the 0-model point; p50_ms is the median of "
@@ -231,7 +234,7 @@ def markdown(results: dict[str, Any], density_file: Path = RESULTS / "density.js
     machine, points = results["machine"], results["points"]
     rows = [
         f"| {p['models']} | {p['total'] / _MIB:.0f} | {p['entrypoint'] / _MIB:.0f} | {p['frontend'] / _MIB:.0f} | "
-        f"{p['workers'] / _MIB:.0f} | {p.get('p50_ms', '-')} |"
+        f"{p['workers'] / _MIB:.0f} | {p.get('model_host', 0) / _MIB:.0f} | {p.get('p50_ms', '-')} |"
         for p in points
     ]
     density = load_density(density_file)
@@ -248,8 +251,8 @@ def markdown(results: dict[str, Any], density_file: Path = RESULTS / "density.js
             "",
             f"Method: {results['method']}.",
             "",
-            "| models loaded | PSS total MiB | entrypoint | MMS front end | workers | warm p50 ms |",
-            "| ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| models loaded | PSS total MiB | entrypoint | MMS front end | workers | model host | warm p50 ms |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
             *rows,
             "",
             f"Base (no model): {results['base_bytes'] / _MIB:.0f} MiB. Per model (least-squares slope over the loaded "

@@ -116,9 +116,12 @@ def request_of(seed: int, index: int, keys: Sequence[str]) -> tuple[str, str]:
 
 
 def process_role(cmdline: str) -> str:
-    """What a serving process is, from its command line: workers, frontend, entrypoint, mme_serve or other."""
+    """What a serving process is, from its command line: workers, frontend, model_host, entrypoint, mme_serve or
+    other."""
     if "model_service_worker" in cmdline:
         return "workers"
+    if "handler.host" in cmdline:
+        return "model_host"
     if "com.amazonaws.ml.mms" in cmdline:
         return "frontend"
     if "handler.serve" in cmdline:

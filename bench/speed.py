@@ -6,16 +6,22 @@ bert-base-shape model (12 layers, hidden 768, random weights, built in code by `
 - ``throughput_c8``: requests/s at concurrency 8 on one model, texts of 8-30 words: the in-process floor without
   batching / through ``mme serve``, reported as serve / floor; target >= 2 (bert-base shape, with batching);
 - ``cold``: the first invoke of a stored model through ``mme serve`` (fresh cache: download, extract, load, predict)
-  / in process (extract + load + first predict); target <= 1.3.
+  / in process (extract + load + first predict); target <= 1.3;
+- ``vs_original``: requests/s at concurrency 8, texts of 8-30 words, through ``mme serve`` / the original hand-made
+  handler's design in process (:mod:`bench.original_design`: tf_keras ``load_model``, one ``predict`` per request
+  padded to 64); target >= 5 (bert-base shape).
 
-Host mode (the container's software as host processes through ``mme serve``), default thread settings. Writes
-``bench/results/speed.json``, ``speed.md`` and ``speed.png`` (each ratio against its target). Run with
-``make bench-speed``; nothing else may run MMS meanwhile.
+Host mode (the container's software as host processes through ``mme serve``), default thread settings; the model
+server's settings are the container's defaults unless ``--container-env NAME=VALUE`` sets one (e.g.
+``MME_MODEL_HOST=per-worker`` for the baseline, with ``--name speed-per-worker``). Writes
+``bench/results/<name>.json``, ``.md`` and ``.png`` (each ratio against its target). Run with ``make bench-speed``;
+nothing else may run MMS meanwhile.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import shutil
 import sys
@@ -36,10 +42,11 @@ if str(ROOT) not in sys.path:  # run as a script: bench/ is not a package on the
 
 from bench.latency import latency  # noqa: E402
 from bench.load import machine, machine_line, request_of  # noqa: E402
+from bench.original_design import original_predictor, write_original_model  # noqa: E402
 from handler.model import load_model_dir  # noqa: E402
 from handler.settings import ServingSettings  # noqa: E402
 from mme.archive import extract_archive, write_archive  # noqa: E402
-from mme.demo_models import BERT_BASE, write_random_model  # noqa: E402
+from mme.demo_models import BERT_BASE, BERT_BASE_VOCAB_SIZE, write_random_model  # noqa: E402
 from mme.serve_process import ServeProcess  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -50,7 +57,10 @@ TARGETS: dict[str, tuple[dict[str, float], str]] = {
     "warm_p50": ({"bert-base": 1.05, "demo": 2.0}, "max"),
     "throughput_c8": ({"bert-base": 2.0}, "min"),
     "cold": ({"bert-base": 1.3, "demo": 1.3}, "max"),
+    "vs_original": ({"bert-base": 5.0}, "min"),
 }
+#: The shapes the original design is measured for: a bert-base-shape model is what it served.
+ORIGINAL_DESIGN_SHAPES = ("bert-base",)
 
 
 def requests_per_second(call: Callable[[str], object], texts: Sequence[str], *, concurrency: int) -> float:
@@ -75,23 +85,43 @@ def _post(url: str, key: str, sessions: threading.local) -> Callable[[str], None
     return call
 
 
+def in_process_floor(
+    archive: Path, model_dir: Path, texts: Sequence[str], args: argparse.Namespace
+) -> dict[str, float]:
+    """The floor: the model extracted to ``model_dir`` and loaded in this process, tokenize + signature per call.
+    Its memory is freed on return."""
+    started = time.perf_counter()
+    extract_archive(archive, model_dir)
+    classifier = load_model_dir(model_dir, ServingSettings())
+    classifier.predict([WARM_TEXT])
+    cold_s = time.perf_counter() - started
+    p50_ms = latency(lambda: classifier.predict([WARM_TEXT]), requests_count=args.requests, warmup=args.warmup)
+    rps = requests_per_second(lambda text: classifier.predict([text]), texts, concurrency=8)
+    return {"cold_s": cold_s, "p50_ms": p50_ms["p50_ms"], "rps_c8": rps}
+
+
 def measure_shape(name: str, archive: Path, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Every figure of one model, the in-process floor and ``mme serve`` side by side."""
     texts = [request_of(args.seed, index, ["-"])[1] for index in range(args.requests)]
 
-    started = time.perf_counter()
-    model_dir = extract_archive(archive, work / f"{name}-in-process")
-    classifier = load_model_dir(model_dir, ServingSettings())
-    classifier.predict([WARM_TEXT])
-    floor_cold_s = time.perf_counter() - started
-    floor = latency(lambda: classifier.predict([WARM_TEXT]), requests_count=args.requests, warmup=args.warmup)
-    floor_p50 = floor["p50_ms"]
-    floor_rps = requests_per_second(lambda text: classifier.predict([text]), texts, concurrency=8)
+    model_dir = work / f"{name}-in-process"
+    floor = in_process_floor(archive, model_dir, texts, args)
+    original_rps = None
+    if name in ORIGINAL_DESIGN_SHAPES:
+        saved = write_original_model(work / f"{name}-original", BERT_BASE_VOCAB_SIZE, labels=2, shape=BERT_BASE)
+        original_rps = requests_per_second(original_predictor(saved, model_dir), texts, concurrency=8)
+    gc.collect()  # the in-process models' memory is freed before the endpoint starts
 
     store = work / f"{name}-store"
     store.mkdir()
     shutil.copy2(archive, store / archive.name)
-    with ServeProcess(store, tmp_dir=work / f"{name}-serve", cache_dir=work / f"{name}-cache") as endpoint:
+    serve = ServeProcess(
+        store,
+        tmp_dir=work / f"{name}-serve",
+        cache_dir=work / f"{name}-cache",
+        options=[option for name_value in args.container_env for option in ("--container-env", name_value)],
+    )
+    with serve as endpoint:
         call = _post(f"{endpoint.url}/endpoints/local/invocations", archive.name, threading.local())
         started = time.perf_counter()
         call(WARM_TEXT)
@@ -99,15 +129,19 @@ def measure_shape(name: str, archive: Path, work: Path, args: argparse.Namespace
         serve_p50 = latency(lambda: call(WARM_TEXT), requests_count=args.requests, warmup=args.warmup)["p50_ms"]
         serve_rps = requests_per_second(call, texts, concurrency=8)
 
+    ratios = {
+        "warm_p50": serve_p50 / floor["p50_ms"],
+        "throughput_c8": serve_rps / floor["rps_c8"],
+        "cold": serve_cold_s / floor["cold_s"],
+    }
+    if original_rps is not None:
+        ratios["vs_original"] = serve_rps / original_rps
     return {
         "archive_bytes": archive.stat().st_size,
-        "in_process": {"cold_s": floor_cold_s, "p50_ms": floor_p50, "rps_c8": floor_rps},
+        "in_process": floor,
+        "original_design": None if original_rps is None else {"rps_c8": original_rps},
         "mme_serve": {"cold_s": serve_cold_s, "p50_ms": serve_p50, "rps_c8": serve_rps},
-        "ratios": {
-            "warm_p50": serve_p50 / floor_p50,
-            "throughput_c8": serve_rps / floor_rps,
-            "cold": serve_cold_s / floor_cold_s,
-        },
+        "ratios": ratios,
     }
 
 
@@ -143,7 +177,13 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {shape} | cold s | {floor['cold_s']:.2f} | {serve['cold_s']:.2f} | {ratios['cold']:.2f} | "
             f"{_meets('cold', shape, ratios['cold'])} |",
         ]
-    lines += ["", "![ratios against targets](speed.png)", ""]
+        if figures.get("original_design"):
+            lines.append(
+                f"| {shape} | requests/s at c=8 against the original design (its figure in the 'in process' column) | "
+                f"{figures['original_design']['rps_c8']:.1f} | {serve['rps_c8']:.1f} | {ratios['vs_original']:.2f} | "
+                f"{_meets('vs_original', shape, ratios['vs_original'])} |"
+            )
+    lines += ["", f"![ratios against targets]({report['name']}.png)", ""]
     return "\n".join(lines)
 
 
@@ -156,7 +196,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     shapes = list(report["shapes"])
     figure, axes = plt.subplots(1, len(TARGETS), figsize=(4 * len(TARGETS), 3.5))
     for axis, (ratio, (targets, direction)) in zip(axes, TARGETS.items(), strict=True):
-        values = [report["shapes"][shape]["ratios"][ratio] for shape in shapes]
+        values = [report["shapes"][shape]["ratios"].get(ratio, 0.0) for shape in shapes]
         axis.bar(shapes, values, color="#4c72b0")
         for index, shape in enumerate(shapes):
             if shape in targets:
@@ -176,13 +216,19 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--container-env", action="append", default=[], help="NAME=VALUE for the model server")
+    parser.add_argument("--name", default="speed", help="the results' file names")
     args = parser.parse_args()
+    environment = dict(pair.split("=", 1) for pair in args.container_env)
 
     report: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "mode": "host",
-        "model_server": "one MMS worker per model, each with its own TensorFlow (per-worker mode)",
+        "name": args.name,
+        "model_server": ", ".join(f"{k}={v}" for k, v in environment.items()) or "the container's defaults",
+        "container_environment": environment,
+        "threads": "TensorFlow's defaults (intra- and inter-op pools one thread per core)",
         "requests": args.requests,
         "shapes": {},
     }
@@ -198,9 +244,9 @@ def main() -> None:
             print(shape, json.dumps(report["shapes"][shape]["ratios"]), flush=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "speed.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "speed.md").write_text(markdown(report))
-    plot(report, args.out / "speed.png")
+    (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / f"{args.name}.md").write_text(markdown(report))
+    plot(report, args.out / f"{args.name}.png")
     print(markdown(report))
 
 

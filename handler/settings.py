@@ -85,8 +85,9 @@ class ServingSettings:
     port: int = 8080
     #: ``MME_BIND_HOST`` (``0.0.0.0``): the address MMS listens on; tests and ``mme serve`` use ``127.0.0.1``.
     bind_host: str = "0.0.0.0"  # noqa: S104 - a container must listen on all interfaces
-    #: ``SAGEMAKER_MODEL_SERVER_WORKERS`` (1): Python worker processes per loaded model. Each holds a whole
-    #: TensorFlow runtime (~650 MB), so more than one rarely pays on a multi-model endpoint.
+    #: ``SAGEMAKER_MODEL_SERVER_WORKERS`` (1): Python worker processes per loaded model when it is loaded. In
+    #: per-worker mode each holds a whole TensorFlow runtime (~650 MB), so more than one rarely pays on a multi-model
+    #: endpoint; in shared mode they are thin forwarders.
     workers_per_model: int = 1
     #: ``MME_RESPONSE_TIMEOUT_SECONDS`` (60): MMS gives up on a worker after this long; SageMaker's own limit is 60.
     response_timeout_seconds: int = 60
@@ -113,10 +114,11 @@ class ServingSettings:
     mms_config_file: Path = Path("/etc/sagemaker-mms.properties")
     #: ``MME_RUN_DIR`` (``/tmp/mme``): MMS logs, pid file, worker sockets and JVM temp files.
     run_dir: Path = Path("/tmp/mme")  # noqa: S108 - the one writable scratch place every container has
-    #: ``MME_MODEL_HOST`` (``per-worker``): ``per-worker`` gives each MMS worker its own TensorFlow runtime (~250 MB
-    #: per model however small); ``shared`` runs one model host process holding TensorFlow and every model, which
-    #: ``serve`` starts and restarts, and MMS's workers forward to it (docs/model-host.md).
-    model_host: str = PER_WORKER
+    #: ``MME_MODEL_HOST`` (``shared``): ``shared`` runs one model host process holding TensorFlow and every model,
+    #: which ``serve`` starts and restarts, and MMS's workers forward to it, so a model costs about its weights
+    #: (docs/model-host.md); ``per-worker`` gives each MMS worker its own TensorFlow runtime (~250 MB per model however
+    #: small), the design this project started from, kept selectable as the baseline.
+    model_host: str = SHARED
     #: ``MME_MODEL_HOST_START_TIMEOUT_SECONDS`` (60): how long ``serve`` waits for a (re)started model host to listen,
     #: and a worker waits to reach it; TensorFlow's import takes a few seconds of it.
     model_host_start_timeout_seconds: int = 60
@@ -142,7 +144,7 @@ class ServingSettings:
                 f"{_UNIX_SOCKET_PATH_MAX}-byte limit of a Unix socket path; use a folder of at most "
                 f"{_UNIX_SOCKET_PATH_MAX - len(_SOCKET_SUFFIX)} characters"
             )
-        model_host = env.get("MME_MODEL_HOST", "").strip().lower() or PER_WORKER
+        model_host = env.get("MME_MODEL_HOST", "").strip().lower() or SHARED
         if model_host not in MODEL_HOST_MODES:
             raise SettingsError(f"MME_MODEL_HOST={model_host!r} must be one of {', '.join(MODEL_HOST_MODES)}")
         return cls(

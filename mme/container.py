@@ -218,6 +218,8 @@ class LocalContainer:
         self._stopped: subprocess.Popen[bytes] | None = None
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.client = ContainerClient(self.base_url, model_url=self.model_url)
+        # Shared mode: the model host's PSS with no model loaded, by pid (a restarted host starts empty again).
+        self._host_idle_pss: dict[int, int] = {}
 
     @property
     def running(self) -> bool:
@@ -241,19 +243,34 @@ class LocalContainer:
                 continue
         return workers
 
+    def model_host_processes(self) -> list[psutil.Process]:
+        """The shared model host of this server (``MME_MODEL_HOST=shared``; none in per-worker mode)."""
+        hosts = []
+        for process in processes_under(self.run_dir):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if "handler.host" in process.cmdline():
+                    hosts.append(process)
+        return hosts
+
     def models_memory_bytes(self) -> int:
         """Memory the loaded models take now, as the kernel charges it: the proportional set size (PSS) of the MMS
-        model workers, summed.
+        model workers, summed, plus in shared mode the model host's PSS above its PSS with no model loaded.
 
         PSS splits each shared page among the processes that map it, so TensorFlow's libraries, mapped by every
         worker, count once in the sum and not once per worker as summed RSS counts them (630 MB RSS per worker where
         a worker adds about 240 MB, DESIGN.md). MMS's Java front end is left out: it is there with no model loaded,
-        and unloading models cannot shrink it.
+        and unloading models cannot shrink it; so is the model host's TensorFlow runtime, for the same reason. The
+        host's empty PSS is read when this class first sees its pid: at start, or just after a restart, when it holds
+        no model yet (models reload on their next request).
         """
         total = 0
         for process in self.worker_processes():
             with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
                 total += process.memory_full_info().pss
+        for host in self.model_host_processes():
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                pss = host.memory_full_info().pss
+                total += max(pss - self._host_idle_pss.setdefault(host.pid, pss), 0)
         return total
 
     @property
@@ -305,6 +322,7 @@ class LocalContainer:
             self.stop()
             raise
         logger.info("container ready on port %d", self.port)
+        self.models_memory_bytes()  # reads the model host's PSS while it holds no model
         return self
 
     def stop(self, timeout: float = 30.0) -> None:

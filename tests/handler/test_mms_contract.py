@@ -16,7 +16,7 @@ from mme.container import LocalContainer, processes_under
 @pytest.fixture(scope="module")
 def container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalContainer]:
     run_dir = tmp_path_factory.mktemp("mms-run")
-    server = LocalContainer(run_dir, environment={"MME_MAX_TEXTS_PER_REQUEST": "8"})
+    server = LocalContainer(run_dir, environment={"MME_MAX_TEXTS_PER_REQUEST": "8", "MME_MODEL_HOST": "per-worker"})
     with server:
         yield server
     assert processes_under(run_dir) == [], "an MMS or worker process outlived the server"

@@ -51,7 +51,7 @@ def _maps_tensorflow(process: psutil.Process) -> bool:
 @pytest.fixture(scope="module")
 def per_worker(tmp_path_factory: pytest.TempPathFactory, demo_model_dirs: dict[str, Path]) -> Baseline:
     run_dir = tmp_path_factory.mktemp("mms-per-worker")
-    with LocalContainer(run_dir) as server:
+    with LocalContainer(run_dir, environment={"MME_MODEL_HOST": "per-worker"}) as server:
         for name in MODELS:
             assert server.client.load(name, demo_model_dirs[name]).status == 200
         answers = _answers(server)

@@ -92,8 +92,8 @@ def test_mms_environment_redirects_every_path_and_timeout_in_seconds(tmp_path: P
     assert env["LOG_LOCATION"] == str(tmp_path / "logs")
 
 
-def test_per_worker_mode_is_the_default_and_shared_mode_gives_mms_the_thin_handler(tmp_path: Path) -> None:
-    assert ServingSettings.from_env({}).model_host == "per-worker"
-    assert mms_environment(ServingSettings(run_dir=tmp_path))["SAGEMAKER_HANDLER"] == "handler.service:handle"
-    shared = ServingSettings(run_dir=tmp_path, model_host="shared")
-    assert mms_environment(shared)["SAGEMAKER_HANDLER"] == "handler.thin_service:handle"
+def test_shared_mode_is_the_default_and_gives_mms_the_thin_handler(tmp_path: Path) -> None:
+    assert ServingSettings.from_env({}).model_host == "shared"
+    assert mms_environment(ServingSettings(run_dir=tmp_path))["SAGEMAKER_HANDLER"] == "handler.thin_service:handle"
+    per_worker = ServingSettings(run_dir=tmp_path, model_host="per-worker")
+    assert mms_environment(per_worker)["SAGEMAKER_HANDLER"] == "handler.service:handle"

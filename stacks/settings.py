@@ -41,6 +41,8 @@ JVM_HEAP_PATTERN = re.compile(r"^[1-9][0-9]*[kKmMgG]$")
 PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*/$")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MODEL_CACHE_SETTINGS = ("Enabled", "Disabled")
+#: The container's MME_MODEL_HOST values (handler/settings.py MODEL_HOST_MODES; a test keeps them equal).
+MODEL_HOST_SETTINGS = ("shared", "per-worker")
 SCHEDULE_PATTERN = re.compile(r"^((cron|at)\([^()]+\))?\Z")
 TIMEZONE_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*\Z")
 #: The retention periods CloudWatch Logs accepts (PutRetentionPolicy).
@@ -172,6 +174,9 @@ class StageSettings:
     schedule_timezone: str = "UTC"
 
     # --- container tunables (environment of the model container; see the container's README) -----------------
+    #: "shared": one model host process holds TensorFlow and every model, so a model costs about its weights;
+    #: "per-worker": each model's MMS worker holds its own TensorFlow runtime (~250 MB per model), the baseline.
+    model_host: str = "shared"
     server_workers: int = 1
     max_payload_mb: int = 6
     response_timeout_seconds: int = 60
@@ -227,6 +232,7 @@ class StageSettings:
     def container_environment(self) -> dict[str, str]:
         """Environment of the model container; names are the container's contract (handler/settings.py)."""
         return {
+            "MME_MODEL_HOST": self.model_host,
             "SAGEMAKER_MODEL_SERVER_WORKERS": str(self.server_workers),
             "SAGEMAKER_MAX_PAYLOAD_IN_MB": str(self.max_payload_mb),
             "MME_RESPONSE_TIMEOUT_SECONDS": str(self.response_timeout_seconds),
@@ -334,6 +340,7 @@ def _validate_stage(s: StageSettings) -> None:
     _check_int(s, "model_download_timeout_seconds", 60, 3600)
     _check_int(s, "startup_health_check_timeout_seconds", 60, 3600)
     _check_choice(s, "model_cache", MODEL_CACHE_SETTINGS)
+    _check_choice(s, "model_host", MODEL_HOST_SETTINGS)
     _check_int(s, "target_invocations_per_instance", 1, 1_000_000)
     _check_int(s, "scale_in_cooldown_seconds", 0, 3600)
     _check_int(s, "scale_out_cooldown_seconds", 0, 3600)

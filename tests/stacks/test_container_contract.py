@@ -11,15 +11,22 @@ from cdk_synth import REPO_ROOT
 
 from handler.errors import ModelLoadError
 from handler.model import find_tokenizer
-from handler.settings import ServingSettings
+from handler.settings import MODEL_HOST_MODES, ServingSettings
 from stacks.multi_model_endpoint import DEFAULT_TOKENIZER_BUILD_ARG, TOKENIZER_FILES, check_default_tokenizer
-from stacks.settings import IMAGE_DEFAULT_TOKENIZER_DIR, SettingsError, StageSettings, load_app_settings
+from stacks.settings import (
+    IMAGE_DEFAULT_TOKENIZER_DIR,
+    MODEL_HOST_SETTINGS,
+    SettingsError,
+    StageSettings,
+    load_app_settings,
+)
 
 DOCKERFILE = REPO_ROOT / "container" / "Dockerfile"
 
 
 def test_every_container_setting_from_cdk_context_reaches_the_serving_settings() -> None:
     custom = {
+        "model_host": "per-worker",
         "server_workers": 2,
         "max_payload_mb": 5,
         "response_timeout_seconds": 45,
@@ -33,6 +40,7 @@ def test_every_container_setting_from_cdk_context_reaches_the_serving_settings()
     stage = load_app_settings({"stages": {"dev": custom}}, user_name="alice").stages[0]
     serving = ServingSettings.from_env(stage.container_environment())
     assert (
+        serving.model_host,
         serving.workers_per_model,
         serving.max_payload_mb,
         serving.response_timeout_seconds,
@@ -43,6 +51,14 @@ def test_every_container_setting_from_cdk_context_reaches_the_serving_settings()
         serving.max_texts_per_request,
         serving.load_memory_reserve_mb,
     ) == tuple(custom.values())
+
+
+def test_the_stage_offers_exactly_the_container_model_host_modes_and_defaults_to_the_container_default() -> None:
+    assert set(MODEL_HOST_SETTINGS) == set(MODEL_HOST_MODES)
+    stage = load_app_settings({"stages": {"dev": {}}}, user_name="alice").stages[0]
+    assert ServingSettings.from_env(stage.container_environment()).model_host == ServingSettings().model_host
+    with pytest.raises(SettingsError, match=r"stages\.dev\.model_host"):
+        load_app_settings({"stages": {"dev": {"model_host": "pooled"}}}, user_name="alice")
 
 
 def test_default_tokenizer_setting_reaches_the_serving_settings_as_the_image_folder() -> None:

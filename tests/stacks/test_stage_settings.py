@@ -51,6 +51,7 @@ def test_settings_are_frozen() -> None:
 def test_container_environment_carries_every_tunable() -> None:
     env = StageSettings(name="dev", jvm_heap="2g", log_level="DEBUG", server_workers=2).container_environment()
     assert env == {
+        "MME_MODEL_HOST": "shared",
         "SAGEMAKER_MODEL_SERVER_WORKERS": "2",
         "SAGEMAKER_MAX_PAYLOAD_IN_MB": "6",
         "MME_RESPONSE_TIMEOUT_SECONDS": "60",

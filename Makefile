@@ -64,8 +64,9 @@ reliability: setup $(DEMO_ARCHIVES)
 bench-load: setup $(DEMO_ARCHIVES)
 	$(PY) bench/load.py --models $(DEMO_MODELS)
 
-## bench: latency figures, written to bench/results/.
-bench: setup $(DEMO_ARCHIVES)
+## bench: every figure of issue 11 (speed, then memory per model host mode) and the latency along each path,
+## written to bench/results/ with BENCHMARKS.md summarizing them; about 40 minutes, nothing else may run MMS.
+bench: setup $(DEMO_ARCHIVES) bench-speed bench-density-modes
 	$(PY) bench/latency.py --models $(DEMO_MODELS)
 
 ## image: build container/Dockerfile as $(MME_IMAGE) on a local Docker engine (as root: installs and starts the
@@ -89,3 +90,11 @@ bench-speed: setup $(DEMO_ARCHIVES)
 .PHONY: bench-density
 bench-density: setup $(DEMO_ARCHIVES)
 	$(PY) bench/density.py --models $(DEMO_MODELS)
+
+## bench-density-modes: issue 11's memory figures, both model host modes in one run: container memory with 1, 5,
+## 10, 20 and 50 demo-size models (per-worker / shared), and each mode's per-model increment against the SavedModel's
+## size, for demo-size models and for a bert-base-shape model, written to bench/results/density-modes*.{json,md,png}.
+.PHONY: bench-density-modes
+bench-density-modes: setup $(DEMO_ARCHIVES)
+	$(PY) bench/density_modes.py --models $(DEMO_MODELS)
+	$(PY) bench/density_modes.py --bert-base

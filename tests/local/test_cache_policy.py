@@ -48,8 +48,9 @@ def test_budget_of_one_model_round_robin_over_three_all_succeed(
 
 
 class _Meter:
-    """What the kernel charges for the models of one endpoint, measured from outside it, and its workers' summed RSS:
-    on the host the workers' summed PSS; in the image the container's cgroup charge above its charge at start."""
+    """What the kernel charges for the models of one endpoint, measured from outside it, and the summed RSS of the
+    processes holding them: on the host the workers' summed PSS plus the model host's PSS above its PSS at start
+    (shared mode); in the image the container's cgroup charge above its charge at start."""
 
     def __init__(self, endpoint: ServeProcess, containers_before: set[str]) -> None:
         self.endpoint = endpoint
@@ -64,6 +65,7 @@ class _Meter:
             memory = next(line for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines() if ":memory:" in line)
             self.cgroup = CGROUP_ROOT / "memory" / memory.split(":", 2)[2].lstrip("/")
         self.idle = self._cgroup_charge() if self.cgroup is not None else 0
+        self.host_idle = sum(process.memory_full_info().pss for process in self.model_hosts())
 
     def _cgroup_charge(self) -> int:
         assert self.cgroup is not None
@@ -71,30 +73,43 @@ class _Meter:
         assert charge is not None, f"no memory cgroup at {self.cgroup}"
         return charge
 
-    def workers(self) -> list[psutil.Process]:
+    def _processes(self, marker: str) -> list[psutil.Process]:
         processes = self.root.children(recursive=True) if self.root else processes_under(self.endpoint.tmp_dir)
-        workers = []
+        found = []
         for process in processes:
             with contextlib.suppress(psutil.NoSuchProcess):  # a zombie too (the image's init reaps late)
-                if "model_service_worker" in " ".join(process.cmdline()):
-                    workers.append(process)
-        return workers
+                if marker in " ".join(process.cmdline()):
+                    found.append(process)
+        return found
+
+    def workers(self) -> list[psutil.Process]:
+        return self._processes("model_service_worker")
+
+    def model_hosts(self) -> list[psutil.Process]:
+        return self._processes("handler.host")
 
     def charged(self) -> int:
         if self.cgroup is not None:
             return self._cgroup_charge() - self.idle
-        return sum(process.memory_full_info().pss for process in self.workers())
+        hosts = sum(process.memory_full_info().pss for process in self.model_hosts())
+        return sum(process.memory_full_info().pss for process in self.workers()) + hosts - self.host_idle
 
     def summed_rss(self) -> int:
-        return sum(process.memory_info().rss for process in self.workers())
+        return sum(process.memory_info().rss for process in [*self.workers(), *self.model_hosts()])
+
+
+@pytest.fixture(scope="module", params=["shared", "per-worker"])
+def model_host_mode(request: pytest.FixtureRequest) -> list[str]:
+    """``mme serve`` options selecting each model host mode in turn."""
+    return ["--container-env", f"MME_MODEL_HOST={request.param}"]
 
 
 @pytest.fixture(scope="module")
-def model_memory(serve: Callable[..., ServeProcess], store: Path) -> tuple[list[int], int]:
+def model_memory(serve: Callable[..., ServeProcess], store: Path, model_host_mode: list[str]) -> tuple[list[int], int]:
     """Measured with no budget: the models' charge with the first one, two and three models of the round robin
-    loaded, and the summed RSS of the three models' workers."""
+    loaded, and the summed RSS of the processes holding them (the workers, and the model host in shared mode)."""
     containers_before = set(serving_containers())
-    endpoint = serve(store)
+    endpoint = serve(store, *model_host_mode)
     meter = _Meter(endpoint, containers_before)
     charged = []
     for model in ROUND_ROBIN[:3]:
@@ -107,10 +122,10 @@ def model_memory(serve: Callable[..., ServeProcess], store: Path) -> tuple[list[
 
 
 def test_memory_budget_between_one_and_two_models_keeps_one_loaded(
-    serve: Callable[..., ServeProcess], store: Path, model_memory: tuple[list[int], int]
+    serve: Callable[..., ServeProcess], store: Path, model_memory: tuple[list[int], int], model_host_mode: list[str]
 ) -> None:
     (one, two, _), _ = model_memory
-    endpoint = serve(store, "--memory-budget", str((one + two) // 2))
+    endpoint = serve(store, *model_host_mode, "--memory-budget", str((one + two) // 2))
     _round_robin(endpoint)
     assert endpoint.metric("mme_loaded_models") == 1
     assert endpoint.metric("mme_model_loads_total") == len(ROUND_ROBIN)
@@ -119,15 +134,16 @@ def test_memory_budget_between_one_and_two_models_keeps_one_loaded(
 
 
 def test_memory_budget_above_three_models_charge_keeps_all_three_though_their_summed_rss_is_above_it(
-    serve: Callable[..., ServeProcess], store: Path, model_memory: tuple[list[int], int]
+    serve: Callable[..., ServeProcess], store: Path, model_memory: tuple[list[int], int], model_host_mode: list[str]
 ) -> None:
     (one, _, three), rss = model_memory
     # One increment above the three models: before a load the front end counts the next model as the loaded ones'
     # average, which carries the TensorFlow libraries the first worker brought in, so more than an increment.
     budget = three + (three - one) // 2
-    # The point: summed RSS counts the TensorFlow libraries once per worker, and would have evicted here.
-    assert budget < rss, f"three models charge {three} bytes, their workers' summed RSS is {rss}"
-    endpoint = serve(store, "--memory-budget", str(budget))
+    # The point: summed RSS counts the TensorFlow libraries once per per-worker worker, and the model host's
+    # runtime in shared mode, and would have evicted here.
+    assert budget < rss, f"three models charge {three} bytes, their processes' summed RSS is {rss}"
+    endpoint = serve(store, *model_host_mode, "--memory-budget", str(budget))
     _round_robin(endpoint)
     assert endpoint.metric("mme_loaded_models") == 3
     assert endpoint.metric("mme_model_loads_total") == 3

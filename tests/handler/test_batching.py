@@ -1,13 +1,17 @@
 """Dynamic batching per model (handler/host/batching.py): what goes into a model call, who gets which answers, and
 the batcher's life. The batching logic runs against a recording classifier (the unit's dependency, no TensorFlow);
-batched answers are checked against one-by-one answers on the real demo models."""
+batched answers are checked against one-by-one answers on the real demo models, in process and through the host."""
 
 from __future__ import annotations
 
+import json
+import shutil
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from serving_answers import assert_close
@@ -15,9 +19,11 @@ from serving_answers import assert_close
 from handler.codec import Prediction
 from handler.errors import ModelOutOfMemoryError
 from handler.host.batching import BatcherClosedError, BatchingClassifier
+from handler.host.client import ModelHostClient
+from handler.host.server import ModelHost, ModelHostServer
 from handler.manifest import ResponseFormat
 from handler.model import TextClassifier, load_model_dir
-from handler.settings import ServingSettings
+from handler.settings import ServingSettings, model_host_socket
 
 #: Long enough that a test which waited for it would be noticed, never reached by a test that passes.
 FOREVER = 60.0
@@ -280,3 +286,180 @@ def test_batched_answers_equal_one_by_one_answers_on_the_demo_models(
     assert (batcher.counts.batches, batcher.counts.texts) == (1, 7)
     for i, texts in enumerate(requests):
         assert_close(_as_json(answers[i]), [_as_json(model.predict([text]))[0] for text in texts])
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A run folder with a short path: a Unix socket path is capped at 107 bytes."""
+    folder = Path(tempfile.mkdtemp(prefix="mb-", dir="/tmp"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+class Host:
+    """A model host served on threads of this process, with the given batching settings."""
+
+    def __init__(self, run_dir: Path, **batching: int) -> None:
+        self.socket_path = model_host_socket(run_dir)
+        self.host = ModelHost(ServingSettings(run_dir=run_dir, **batching))
+        self.server = ModelHostServer(self.socket_path, self.host)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def client(self) -> ModelHostClient:
+        return ModelHostClient(self.socket_path, connect_timeout=10, call_timeout=120)
+
+    def models(self) -> dict[str, Any]:
+        with self.client() as client:
+            return client.call({"op": "status"}).fields["models"]
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _load(client: ModelHostClient, name: str, model_dir: Path) -> None:
+    assert client.call({"op": "load", "model": name, "model_dir": str(model_dir)}).status == 200
+
+
+def _predict(client: ModelHostClient, name: str, texts: list[str]) -> list[Any]:
+    body = json.dumps({"inputs": texts}).encode()
+    answer = client.call(
+        {"op": "predict", "model": name, "content_type": "application/json", "accept": None, "has_body": True}, body
+    )
+    assert answer.status == 200, answer.message
+    return json.loads(answer.payload)
+
+
+class Recorded:
+    """A loaded model whose calls are recorded (after its warm-up: only what the host sends it)."""
+
+    def __init__(self, model: TextClassifier) -> None:
+        self.model = model
+        self.calls: list[list[str]] = []
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.model.labels
+
+    @property
+    def response_format(self) -> ResponseFormat:
+        return self.model.response_format
+
+    def predict(self, texts: Sequence[str]) -> list[Prediction]:
+        self.calls.append(list(texts))
+        return self.model.predict(texts)
+
+
+@pytest.fixture
+def recorded_host(short_dir: Path) -> Iterator[tuple[Host, dict[str, Recorded]]]:
+    host = Host(short_dir)
+    recorded: dict[str, Recorded] = {}
+    real_load = host.host.registry._load
+
+    def recording_load(key: tuple[str, str]) -> TextClassifier:
+        recorded[key[0]] = Recorded(real_load(key))
+        return recorded[key[0]]
+
+    host.host.registry._load = recording_load  # type: ignore[method-assign]
+    yield host, recorded
+    host.stop()
+
+
+def test_the_host_batches_each_model_apart_and_answers_each_caller_its_own(
+    recorded_host: tuple[Host, dict[str, Recorded]], demo_model_dirs: dict[str, Path]
+) -> None:
+    host, recorded = recorded_host
+    workers, rounds = 3, 15
+    clients = {name: [host.client() for _ in range(workers)] for name in ("sentiment", "topic")}
+    for name, connections in clients.items():
+        for client in connections:
+            _load(client, name, demo_model_dirs[name])
+    # Each model's texts name it, so a text in the other model's call would show.
+    texts_of = {name: [f"{text} {name}" for text in TEXTS] for name in clients}
+    expected = {
+        (name, text): _predict(clients[name][0], name, [text])[0] for name in clients for text in texts_of[name]
+    }
+    sent = dict.fromkeys(clients, len(TEXTS))
+    start = threading.Barrier(2 * workers)
+    errors: list[BaseException] = []
+
+    def worker(name: str, number: int, client: ModelHostClient) -> None:
+        try:
+            start.wait()
+            for round_ in range(rounds):
+                texts = [texts_of[name][(number + round_ + i) % len(TEXTS)] for i in range(1 + (number + round_) % 3)]
+                assert_close(_predict(client, name, texts), [expected[name, text] for text in texts])
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [
+        threading.Thread(target=worker, args=(name, number, client))
+        for name, connections in clients.items()
+        for number, client in enumerate(connections)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=FOREVER)
+    assert errors == []
+    status = host.models()
+    for name in clients:
+        sent[name] += sum(1 + (n + r) % 3 for n in range(workers) for r in range(rounds))
+        calls = recorded[name].calls
+        assert all(text.endswith(f" {name}") for call in calls for text in call)
+        assert all(len(call) <= ServingSettings().max_batch_size for call in calls)
+        assert sum(len(call) for call in calls) == sent[name]
+        assert (status[name]["batches"], status[name]["texts"]) == (len(calls), sent[name])
+    for connections in clients.values():
+        for client in connections:
+            client.close()
+
+
+def _batcher_threads(name: str) -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == f"batcher {name}"]
+
+
+def test_unloading_a_model_ends_its_batcher_thread(short_dir: Path, demo_model_dirs: dict[str, Path]) -> None:
+    host = Host(short_dir)
+    try:
+        with host.client() as client:
+            _load(client, "sentiment", demo_model_dirs["sentiment"])
+            assert _predict(client, "sentiment", ["I loved it"])[0]["label"] == "positive"
+            assert len(_batcher_threads("sentiment")) == 1
+            assert client.call({"op": "unload", "model": "sentiment"}).status == 200
+            # The unload answers after the thread has ended.
+            assert _batcher_threads("sentiment") == []
+            _load(client, "sentiment", demo_model_dirs["sentiment"])
+            assert len(_batcher_threads("sentiment")) == 1
+        # A connection that goes away ends its leases, and the last lease the thread.
+        assert _eventually(lambda: _batcher_threads("sentiment") == [])
+    finally:
+        host.stop()
+
+
+def test_a_batch_size_of_one_makes_one_model_call_per_request(
+    short_dir: Path, demo_model_dirs: dict[str, Path]
+) -> None:
+    host = Host(short_dir, max_batch_size=1)
+    try:
+        clients = [host.client() for _ in range(3)]
+        for client in clients:
+            _load(client, "topic", demo_model_dirs["topic"])
+        assert _batcher_threads("topic") == []
+
+        def send(client: ModelHostClient) -> None:
+            for _ in range(5):
+                assert _predict(client, "topic", ["the striker scored", "a new laptop"])[1]["label"] == "tech"
+
+        threads = [threading.Thread(target=send, args=(client,)) for client in clients]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=FOREVER)
+        status = host.models()["topic"]
+        assert (status["batches"], status["texts"]) == (15, 30)
+        for client in clients:
+            client.close()
+    finally:
+        host.stop()

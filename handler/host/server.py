@@ -3,7 +3,8 @@
 ``python -m handler.host --socket PATH [--parent-pid PID]``. Each connection (one per MMS worker) is served on a
 thread of its own, so a request for one model never waits for another model's request or for a load: TensorFlow
 releases the GIL inside its ops, and a load holds the registry's lock only to record its result. Requests are
-answered exactly as the per-worker handler answers them (:func:`handler.request.answer_request`).
+answered exactly as the per-worker handler answers them (:func:`handler.request.answer_request`); concurrent requests
+for one model share model calls (:mod:`handler.host.batching`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from handler.errors import HandlerError, ModelLoadError, ModelOutOfMemoryError, ModelTooLargeError
+from handler.host.batching import BatchingClassifier
 from handler.host.protocol import ConnectionClosedError, Message, ProtocolError, receive_message, send_message
 from handler.memory import beyond_total_memory, check_room_for
 from handler.model import TextClassifier, configure_tensorflow, find_saved_model, load_model_dir
@@ -40,7 +42,7 @@ ModelKey = tuple[str, str]
 
 @dataclass
 class _Loaded:
-    classifier: TextClassifier
+    classifier: BatchingClassifier
     leases: int
 
 
@@ -73,7 +75,7 @@ class ModelRegistry:
             # Another connection is loading it: share that load (and its error), then lease what it loaded.
             pending.result()
         try:
-            classifier = self._load(key)
+            classifier = self._batching(key, self._load(key))
         except BaseException as error:
             with self._lock:
                 del self._loading[key]
@@ -93,6 +95,21 @@ class ModelRegistry:
         logger.info("model %s loaded from %s", name, folder)
         return classifier
 
+    def _batching(self, key: ModelKey, classifier: TextClassifier) -> BatchingClassifier:
+        return BatchingClassifier(
+            classifier,
+            max_batch_size=self._settings.max_batch_size,
+            max_batch_delay=self._settings.max_batch_delay_ms / 1000,
+            # Each connection sends one request at a time: no more than its leases can be waiting for this model.
+            senders=lambda: self._leases(key),
+            name=key[0],
+        )
+
+    def _leases(self, key: ModelKey) -> int:
+        with self._lock:
+            loaded = self._models.get(key)
+            return 0 if loaded is None else loaded.leases
+
     def release(self, key: ModelKey) -> None:
         """End one lease of ``key``; the last one unloads the model."""
         with self._lock:
@@ -103,6 +120,7 @@ class ModelRegistry:
             if loaded.leases > 0:
                 return
             del self._models[key]
+        loaded.classifier.close()  # its thread holds the model too
         del loaded
         # A loaded SavedModel holds reference cycles: collect them now, so its memory is freed at unload.
         gc.collect()
@@ -114,9 +132,14 @@ class ModelRegistry:
         return None if loaded is None else loaded.classifier
 
     def describe(self) -> dict[str, dict[str, Any]]:
-        """Name -> ``{"model_dir", "leases"}`` of every loaded model."""
+        """Name -> ``{"model_dir", "leases", "batches", "texts"}`` of every loaded model: ``batches`` model calls have
+        predicted ``texts`` texts since it was loaded."""
         with self._lock:
-            return {name: {"model_dir": folder, "leases": m.leases} for (name, folder), m in self._models.items()}
+            models = {key: (m.leases, m.classifier.counts) for key, m in self._models.items()}
+        return {
+            name: {"model_dir": folder, "leases": leases, "batches": counts.batches, "texts": counts.texts}
+            for (name, folder), (leases, counts) in models.items()
+        }
 
 
 def _error(status: int, message: str) -> tuple[dict[str, Any], bytes]:

@@ -118,8 +118,10 @@ def test_workers_are_thin(shared: LocalContainer, per_worker: Baseline) -> None:
 
 def test_loads_and_unloads_through_mms_reach_the_host(shared: LocalContainer, demo_model_dirs: dict[str, Path]) -> None:
     assert shared.client.load("short-lived", demo_model_dirs["topic"]).status == 200
-    assert host_status(shared)["models"]["short-lived"] == {"model_dir": str(demo_model_dirs["topic"]), "leases": 1}
+    loaded = {"model_dir": str(demo_model_dirs["topic"]), "leases": 1, "batches": 0, "texts": 0}
+    assert host_status(shared)["models"]["short-lived"] == loaded
     assert shared.client.invoke("short-lived", '{"input_text": "the striker scored"}').json()["label"] == "sports"
+    assert host_status(shared)["models"]["short-lived"] == {**loaded, "batches": 1, "texts": 1}
     assert shared.client.unload("short-lived").status == 200
     assert _eventually(lambda: "short-lived" not in host_status(shared)["models"])
     assert shared.client.invoke("short-lived", '{"input_text": "hi"}').status == 404

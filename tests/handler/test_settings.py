@@ -19,6 +19,11 @@ def test_defaults_match_sagemaker() -> None:
     assert settings.mms_config_file == Path("/etc/sagemaker-mms.properties")
 
 
+def test_batching_is_on_by_default_with_a_small_batch_and_delay() -> None:
+    settings = ServingSettings.from_env({})
+    assert (settings.max_batch_size, settings.max_batch_delay_ms) == (8, 5)
+
+
 def test_every_tunable_is_read_from_its_variable() -> None:
     settings = ServingSettings.from_env(
         {
@@ -37,6 +42,8 @@ def test_every_tunable_is_read_from_its_variable() -> None:
             "MME_RUN_DIR": "/tmp/x",
             "MME_MODEL_HOST": "Shared",
             "MME_MODEL_HOST_START_TIMEOUT_SECONDS": "20",
+            "MME_MAX_BATCH_SIZE": "1",
+            "MME_MAX_BATCH_DELAY_MS": "0",
         }
     )
     assert settings == ServingSettings(
@@ -55,6 +62,8 @@ def test_every_tunable_is_read_from_its_variable() -> None:
         run_dir=Path("/tmp/x"),
         model_host="shared",
         model_host_start_timeout_seconds=20,
+        max_batch_size=1,
+        max_batch_delay_ms=0,
     )
 
 
@@ -66,6 +75,9 @@ def test_every_tunable_is_read_from_its_variable() -> None:
         ("MME_JVM_HEAP", "lots", "MME_JVM_HEAP='lots' must look like 512m or 2g"),
         ("MME_LOG_LEVEL", "loud", "MME_LOG_LEVEL='LOUD' must be one of"),
         ("MME_MODEL_HOST", "pooled", "MME_MODEL_HOST='pooled' must be one of per-worker, shared"),
+        ("MME_MAX_BATCH_SIZE", "0", "MME_MAX_BATCH_SIZE=0 must be >= 1"),
+        ("MME_MAX_BATCH_SIZE", "many", "MME_MAX_BATCH_SIZE='many' is not an integer"),
+        ("MME_MAX_BATCH_DELAY_MS", "-1", "MME_MAX_BATCH_DELAY_MS=-1 must be >= 0"),
     ],
 )
 def test_malformed_variable_is_named_in_the_error(name: str, value: str, fragment: str) -> None:

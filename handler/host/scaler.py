@@ -32,6 +32,8 @@ BUSY_FRACTION = 0.5
 PENDING_SECONDS = 10.0
 #: Every call to MMS's management API gives up after this long; a slow answer is retried at the next interval.
 MMS_CALL_TIMEOUT_SECONDS = 10.0
+#: How long stopping waits for the scaler's thread to finish a call in progress.
+STOP_WAIT_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -92,18 +94,21 @@ class WorkerScaler:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop deciding, and wait (briefly) for the thread to finish the call it is in."""
+        """Stop deciding. Waits a moment for a call in progress: MMS has stopped by then, and a host call that hangs
+        must not hold ``serve``'s exit (the thread is a daemon)."""
         self._stopping.set()
         if self._thread is not None:
-            self._thread.join(MMS_CALL_TIMEOUT_SECONDS + 1)
-        self._host.close()
+            self._thread.join(STOP_WAIT_SECONDS)
 
     def _run(self) -> None:
-        while not self._stopping.wait(self.settings.worker_scale_interval_seconds):
-            try:
-                self.scale_once()
-            except Exception:
-                logger.exception("scaling MMS workers failed; trying again at the next interval")
+        try:
+            while not self._stopping.wait(self.settings.worker_scale_interval_seconds):
+                try:
+                    self.scale_once()
+                except Exception:
+                    logger.exception("scaling MMS workers failed; trying again at the next interval")
+        finally:
+            self._host.close()
 
     def scale_once(self) -> None:
         """Read the host's activity once and set the workers of every model whose count should change."""

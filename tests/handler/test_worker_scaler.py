@@ -170,3 +170,11 @@ def test_the_scaler_calls_mms_on_loopback_when_it_listens_everywhere(tmp_path: P
     everywhere = WorkerScaler(ServingSettings(run_dir=tmp_path, bind_host="0.0.0.0"))
     assert everywhere._mms_host == "127.0.0.1"
     assert WorkerScaler(ServingSettings(run_dir=tmp_path, bind_host="10.0.0.5"))._mms_host == "10.0.0.5"
+
+
+def test_the_scaler_stops_at_once_even_with_no_host(tmp_path: Path) -> None:
+    scaler = WorkerScaler(ServingSettings(run_dir=tmp_path, model_host="shared"))
+    scaler.start()
+    scaler.stop()
+    assert scaler._thread is not None
+    assert not scaler._thread.is_alive()

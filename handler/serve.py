@@ -2,7 +2,8 @@
 
 Starts multi-model-server in multi-model mode through sagemaker-inference's ``start_model_server`` with our
 handler, and blocks until MMS exits. With ``MME_MODEL_HOST=shared`` it first starts the model host
-(:mod:`handler.host`), supervises it while MMS runs, and gives MMS the thin handler that forwards to it.
+(:mod:`handler.host`), supervises it while MMS runs, gives MMS the thin handler that forwards to it, and scales
+each model's thin workers with its load (:mod:`handler.host.scaler`).
 
 Every path MMS writes to comes from :class:`ServingSettings`, so the same code path runs on a host outside the
 container (tests, ``mme serve``).
@@ -151,6 +152,7 @@ def main() -> None:
 
     if settings.model_host == SHARED:
         _start_model_host(settings)
+        _start_worker_scaler(settings)
 
     # Imported only now: the module reads SAGEMAKER_MULTI_MODEL when it is imported.
     from sagemaker_inference import model_server
@@ -179,6 +181,16 @@ def _start_model_host(settings: ServingSettings) -> None:
     except ModelHostNotReadyError as error:
         supervisor.stop()
         _exit_because(str(error))
+
+
+def _start_worker_scaler(settings: ServingSettings) -> None:
+    """Scale busy models' thin workers up, and idle ones back (docs/model-host.md, "Workers per model")."""
+    from handler.host.scaler import WorkerScaler
+
+    scaler = WorkerScaler(settings)
+    # atexit runs last-registered first: the scaler stops before the host does.
+    atexit.register(scaler.stop)
+    scaler.start()
 
 
 if __name__ == "__main__":

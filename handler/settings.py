@@ -131,6 +131,16 @@ class ServingSettings:
     #: arrived; it only waits while another worker of the model could still send, so a model with one worker never
     #: waits. 5 ms is a sixth of one bert-base-shape call here (31 ms): waiting costs less than the call it saves.
     max_batch_delay_ms: int = 5
+    #: ``MME_MAX_WORKERS_PER_MODEL`` (4): in shared mode, the most thin MMS workers ``serve`` gives a busy model
+    #: (docs/model-host.md, "Workers per model"). A thin worker costs ~10 MB; twice the 2 cores of the default
+    #: instance keeps both cores on the model while a batch gathers the next requests. Per-worker mode ignores it.
+    max_workers_per_model: int = 4
+    #: ``MME_WORKER_IDLE_SECONDS`` (60): in shared mode, a model that had no request in flight for this long goes
+    #: back to ``SAGEMAKER_MODEL_SERVER_WORKERS`` workers.
+    worker_idle_seconds: int = 60
+    #: ``MME_WORKER_SCALE_INTERVAL_SECONDS`` (1): in shared mode, how often ``serve`` reads the host's per-model
+    #: activity and decides each model's workers.
+    worker_scale_interval_seconds: int = 1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServingSettings:
@@ -156,10 +166,17 @@ class ServingSettings:
         model_host = env.get("MME_MODEL_HOST", "").strip().lower() or SHARED
         if model_host not in MODEL_HOST_MODES:
             raise SettingsError(f"MME_MODEL_HOST={model_host!r} must be one of {', '.join(MODEL_HOST_MODES)}")
+        workers_per_model = _int(env, "SAGEMAKER_MODEL_SERVER_WORKERS", 1, minimum=1)
+        max_workers_per_model = _int(env, "MME_MAX_WORKERS_PER_MODEL", 4, minimum=1)
+        if model_host == SHARED and max_workers_per_model < workers_per_model:
+            raise SettingsError(
+                f"MME_MAX_WORKERS_PER_MODEL={max_workers_per_model} must be >= "
+                f"SAGEMAKER_MODEL_SERVER_WORKERS={workers_per_model}, the workers every model starts with"
+            )
         return cls(
             port=_int(env, "SAGEMAKER_BIND_TO_PORT", 8080, minimum=1),
             bind_host=env.get("MME_BIND_HOST", "").strip() or "0.0.0.0",  # noqa: S104
-            workers_per_model=_int(env, "SAGEMAKER_MODEL_SERVER_WORKERS", 1, minimum=1),
+            workers_per_model=workers_per_model,
             response_timeout_seconds=_int(env, "MME_RESPONSE_TIMEOUT_SECONDS", 60, minimum=1),
             max_payload_mb=_int(env, "SAGEMAKER_MAX_PAYLOAD_IN_MB", 6, minimum=1),
             tf_intra_op_threads=_int(env, "MME_TF_INTRA_OP_THREADS", 0),
@@ -175,4 +192,7 @@ class ServingSettings:
             model_host_start_timeout_seconds=_int(env, "MME_MODEL_HOST_START_TIMEOUT_SECONDS", 60, minimum=1),
             max_batch_size=_int(env, "MME_MAX_BATCH_SIZE", 8, minimum=1),
             max_batch_delay_ms=_int(env, "MME_MAX_BATCH_DELAY_MS", 5),
+            max_workers_per_model=max_workers_per_model,
+            worker_idle_seconds=_int(env, "MME_WORKER_IDLE_SECONDS", 60, minimum=1),
+            worker_scale_interval_seconds=_int(env, "MME_WORKER_SCALE_INTERVAL_SECONDS", 1, minimum=1),
         )

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from handler.errors import HandlerError, ModelLoadError, ModelOutOfMemoryError, ModelTooLargeError
+from handler.host.activity import ModelActivity
 from handler.host.batching import BatchingClassifier
 from handler.host.protocol import ConnectionClosedError, Message, ProtocolError, receive_message, send_message
 from handler.memory import beyond_total_memory, check_room_for
@@ -152,13 +153,15 @@ class ModelHost:
     def __init__(self, settings: ServingSettings) -> None:
         self.settings = settings
         self.registry = ModelRegistry(settings)
+        self.activity = ModelActivity()
 
     def answer(self, request: Message, leases: dict[str, ModelKey]) -> tuple[dict[str, Any], bytes]:
         """The answer to one request of a connection holding ``leases`` (model name -> key), which it updates."""
         op = request.fields.get("op")
         name = str(request.fields.get("model", ""))
         if op == "predict":
-            return self._predict(request, leases.get(name))
+            with self.activity.request(name):
+                return self._predict(request, leases.get(name))
         if op == "load":
             return self._lease(name, str(request.fields.get("model_dir", "")), leases)
         if op == "unload":
@@ -168,7 +171,9 @@ class ModelHost:
             self.registry.release(key)
             return {"status": 200}, b""
         if op == "status":
-            return {"status": 200, "pid": os.getpid(), "models": self.registry.describe()}, b""
+            models = self.registry.describe()
+            activity = self.activity.snapshot(keep=models)
+            return {"status": 200, "pid": os.getpid(), "models": models, "activity": activity}, b""
         return _error(400, f"unknown operation {op!r}")
 
     def _lease(self, name: str, model_dir: str, leases: dict[str, ModelKey]) -> tuple[dict[str, Any], bytes]:

@@ -17,6 +17,8 @@ def test_defaults_match_sagemaker() -> None:
     assert settings.response_timeout_seconds == 60
     assert settings.workers_per_model == 1
     assert settings.mms_config_file == Path("/etc/sagemaker-mms.properties")
+    assert (settings.max_workers_per_model, settings.worker_idle_seconds) == (4, 60)
+    assert settings.worker_scale_interval_seconds == 1
 
 
 def test_batching_is_on_by_default_with_a_small_batch_and_delay() -> None:
@@ -44,6 +46,9 @@ def test_every_tunable_is_read_from_its_variable() -> None:
             "MME_MODEL_HOST_START_TIMEOUT_SECONDS": "20",
             "MME_MAX_BATCH_SIZE": "1",
             "MME_MAX_BATCH_DELAY_MS": "0",
+            "MME_MAX_WORKERS_PER_MODEL": "6",
+            "MME_WORKER_IDLE_SECONDS": "30",
+            "MME_WORKER_SCALE_INTERVAL_SECONDS": "2",
         }
     )
     assert settings == ServingSettings(
@@ -64,6 +69,9 @@ def test_every_tunable_is_read_from_its_variable() -> None:
         model_host_start_timeout_seconds=20,
         max_batch_size=1,
         max_batch_delay_ms=0,
+        max_workers_per_model=6,
+        worker_idle_seconds=30,
+        worker_scale_interval_seconds=2,
     )
 
 
@@ -78,12 +86,23 @@ def test_every_tunable_is_read_from_its_variable() -> None:
         ("MME_MAX_BATCH_SIZE", "0", "MME_MAX_BATCH_SIZE=0 must be >= 1"),
         ("MME_MAX_BATCH_SIZE", "many", "MME_MAX_BATCH_SIZE='many' is not an integer"),
         ("MME_MAX_BATCH_DELAY_MS", "-1", "MME_MAX_BATCH_DELAY_MS=-1 must be >= 0"),
+        ("MME_MAX_WORKERS_PER_MODEL", "0", "MME_MAX_WORKERS_PER_MODEL=0 must be >= 1"),
+        ("MME_WORKER_IDLE_SECONDS", "soon", "MME_WORKER_IDLE_SECONDS='soon' is not an integer"),
+        ("MME_WORKER_SCALE_INTERVAL_SECONDS", "0", "MME_WORKER_SCALE_INTERVAL_SECONDS=0 must be >= 1"),
     ],
 )
 def test_malformed_variable_is_named_in_the_error(name: str, value: str, fragment: str) -> None:
     with pytest.raises(SettingsError) as caught:
         ServingSettings.from_env({name: value})
     assert fragment in str(caught.value)
+
+
+def test_shared_mode_refuses_fewer_maximum_workers_than_every_model_starts_with() -> None:
+    env = {"SAGEMAKER_MODEL_SERVER_WORKERS": "3", "MME_MAX_WORKERS_PER_MODEL": "2"}
+    with pytest.raises(SettingsError, match="MME_MAX_WORKERS_PER_MODEL=2 must be >= SAGEMAKER_MODEL_SERVER_WORKERS=3"):
+        ServingSettings.from_env({**env, "MME_MODEL_HOST": "shared"})
+    # Per-worker mode never scales: the maximum means nothing there.
+    assert ServingSettings.from_env(env).workers_per_model == 3
 
 
 def test_run_dir_too_long_for_worker_sockets_is_refused_with_the_limit() -> None:

@@ -187,6 +187,14 @@ class StageSettings:
     max_texts_per_request: int = 64
     #: MiB that must be free, beyond twice a SavedModel's size, before a load; else 507 and SageMaker evicts (0 = off).
     load_memory_reserve_mb: int = 300
+    #: Shared mode: most texts per model call when concurrent requests for one model are batched (1 = off), and how
+    #: long in milliseconds a batch waits for more (only while another worker of the model could still send).
+    max_batch_size: int = 8
+    max_batch_delay_ms: int = 5
+    #: Shared mode: the most thin workers a busy model gets, and the seconds without a request after which it goes
+    #: back to `server_workers`.
+    max_workers_per_model: int = 4
+    worker_idle_seconds: int = 60
     #: Folder relative to the repository root holding a tokenizer saved with transformers' `save_pretrained`
     #: (e.g. "tokenizers/bert-base-cased"), committed to git so the pipeline's build sees it. It is baked into the
     #: image at /opt/mme/default-tokenizer (the model runs with network isolation, so nothing can be fetched at
@@ -242,6 +250,10 @@ class StageSettings:
             "MME_LOG_LEVEL": self.log_level,
             "MME_MAX_TEXTS_PER_REQUEST": str(self.max_texts_per_request),
             "MME_LOAD_MEMORY_RESERVE_MB": str(self.load_memory_reserve_mb),
+            "MME_MAX_BATCH_SIZE": str(self.max_batch_size),
+            "MME_MAX_BATCH_DELAY_MS": str(self.max_batch_delay_ms),
+            "MME_MAX_WORKERS_PER_MODEL": str(self.max_workers_per_model),
+            "MME_WORKER_IDLE_SECONDS": str(self.worker_idle_seconds),
             **({"MME_DEFAULT_TOKENIZER_DIR": IMAGE_DEFAULT_TOKENIZER_DIR} if self.default_tokenizer else {}),
         }
 
@@ -368,6 +380,15 @@ def _validate_stage(s: StageSettings) -> None:
     _check_choice(s, "log_level", LOG_LEVELS)
     _check_int(s, "max_texts_per_request", 1, 10_000)
     _check_int(s, "load_memory_reserve_mb", 0, 1_000_000)
+    _check_int(s, "max_batch_size", 1, 1024)
+    _check_int(s, "max_batch_delay_ms", 0, 10_000)
+    _check_int(s, "max_workers_per_model", 1, 64)
+    _check_int(s, "worker_idle_seconds", 1, 86_400)
+    if s.model_host == "shared" and s.max_workers_per_model < s.server_workers:
+        raise SettingsError(
+            f"context key stages.{s.name}.max_workers_per_model: got {s.max_workers_per_model}; allowed: at least "
+            f"server_workers ({s.server_workers}), the workers a model starts with"
+        )
     _check_match(
         s,
         "default_tokenizer",

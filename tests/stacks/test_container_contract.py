@@ -36,6 +36,10 @@ def test_every_container_setting_from_cdk_context_reaches_the_serving_settings()
         "log_level": "DEBUG",
         "max_texts_per_request": 16,
         "load_memory_reserve_mb": 512,
+        "max_batch_size": 4,
+        "max_batch_delay_ms": 2,
+        "max_workers_per_model": 3,
+        "worker_idle_seconds": 30,
     }
     stage = load_app_settings({"stages": {"dev": custom}}, user_name="alice").stages[0]
     serving = ServingSettings.from_env(stage.container_environment())
@@ -50,6 +54,10 @@ def test_every_container_setting_from_cdk_context_reaches_the_serving_settings()
         serving.log_level,
         serving.max_texts_per_request,
         serving.load_memory_reserve_mb,
+        serving.max_batch_size,
+        serving.max_batch_delay_ms,
+        serving.max_workers_per_model,
+        serving.worker_idle_seconds,
     ) == tuple(custom.values())
 
 

@@ -61,6 +61,10 @@ def test_container_environment_carries_every_tunable() -> None:
         "MME_LOG_LEVEL": "DEBUG",
         "MME_MAX_TEXTS_PER_REQUEST": "64",
         "MME_LOAD_MEMORY_RESERVE_MB": "300",
+        "MME_MAX_BATCH_SIZE": "8",
+        "MME_MAX_BATCH_DELAY_MS": "5",
+        "MME_MAX_WORKERS_PER_MODEL": "4",
+        "MME_WORKER_IDLE_SECONDS": "60",
     }
 
 
@@ -82,6 +86,8 @@ def test_no_default_tokenizer_by_default() -> None:
     [
         ({"instance_typ": "ml.m5.large"}, ["stages.dev.instance_typ", "instance_type"]),
         ({"instance_type": "m5.large"}, ["stages.dev.instance_type", "ml.<family>.<size>"]),
+        ({"max_batch_size": 0}, ["stages.dev.max_batch_size", "from 1"]),
+        ({"server_workers": 3, "max_workers_per_model": 2}, ["stages.dev.max_workers_per_model", "server_workers (3)"]),
         ({"instance_type": "ml.m5.huge"}, ["stages.dev.instance_type", "ml.m5.large"]),
         ({"min_instance_count": 3, "max_instance_count": 2}, ["min_instance_count", "max_instance_count", "<="]),
         ({"initial_instance_count": 5}, ["stages.dev.initial_instance_count", "from min_instance_count"]),

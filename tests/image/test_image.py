@@ -95,7 +95,7 @@ def _all_serve(container: ImageContainer, names: list[str]) -> None:
 def test_under_a_memory_limit_a_load_that_does_not_fit_is_507_and_loaded_models_keep_serving(
     run_image: Callable[..., ImageContainer],
 ) -> None:
-    container = run_image(memory="1g")
+    container = run_image(memory="1g", environment={"MME_MODEL_HOST": "per-worker"})
     loaded, status = _load_until_refused(container)
     assert status == 507, "SageMaker evicts and retries only on 507"
     assert loaded, "not even one model fitted in 1 GiB"
@@ -113,9 +113,9 @@ def test_under_a_memory_limit_a_load_that_does_not_fit_is_507_and_loaded_models_
 
 
 def test_a_load_the_kernel_kills_takes_only_the_loading_worker(run_image: Callable[..., ImageContainer]) -> None:
-    # With the check off, the kernel's OOM killer decides: MMS answers 500, and the worker it kills must be the one
-    # loading (it offers itself first), never a serving model's nor MMS itself.
-    container = run_image(memory="1g", environment={"MME_LOAD_MEMORY_RESERVE_MB": "0"})
+    # Per-worker mode, with the check off, the kernel's OOM killer decides: MMS answers 500, and the worker it kills
+    # must be the one loading (it offers itself first), never a serving model's nor MMS itself.
+    container = run_image(memory="1g", environment={"MME_LOAD_MEMORY_RESERVE_MB": "0", "MME_MODEL_HOST": "per-worker"})
     loaded, status = _load_until_refused(container)
     assert status == 500
     assert loaded
@@ -139,3 +139,37 @@ def test_a_dead_mms_ends_the_container_with_a_log_line_and_its_own_exit_status(
         time.sleep(0.5)
     assert container.exit_status == MMS_DIED_EXIT_STATUS
     assert any(f"serve exits with status {MMS_DIED_EXIT_STATUS}" in line for line in container.log_lines())
+
+
+def _model_hosts(container: ImageContainer) -> list[psutil.Process]:
+    init = container.init_pid()
+    assert init is not None
+    return [p for p in psutil.Process(init).children(recursive=True) if "handler.host" in " ".join(p.cmdline())]
+
+
+def test_a_killed_model_host_is_restarted_and_its_models_answer_again(
+    run_image: Callable[..., ImageContainer],
+) -> None:
+    container = run_image()  # shared mode, the default
+    assert container.client.load("sentiment", container.models_root / "sentiment").status == 200
+    _all_serve(container, ["sentiment"])
+    (host,) = _model_hosts(container)
+    host.kill()
+    host.wait(30)
+    # The next request may meet the dead host (503, a clear 5xx) while serve restarts it; within the start timeout
+    # one is answered again from a reload, and nothing hangs: every call is bounded by the client's timeout.
+    deadline = time.monotonic() + 90
+    statuses = []
+    while True:
+        answer = container.client.invoke("sentiment", json.dumps({"input_text": "awful, I hated it"}))
+        statuses.append(answer.status)
+        if answer.status == 200:
+            break
+        assert answer.status == 503, (answer.status, answer.text)
+        assert time.monotonic() < deadline, f"no answer after the host was killed: {statuses}"
+        time.sleep(0.5)
+    assert answer.json()["label"] == "negative"
+    (restarted,) = _model_hosts(container)
+    assert restarted.pid != host.pid
+    assert container.running
+    assert any("model host" in line and "restart" in line.lower() for line in container.log_lines())

@@ -102,7 +102,7 @@ def test_shared_mode_refuses_fewer_maximum_workers_than_every_model_starts_with(
     with pytest.raises(SettingsError, match="MME_MAX_WORKERS_PER_MODEL=2 must be >= SAGEMAKER_MODEL_SERVER_WORKERS=3"):
         ServingSettings.from_env({**env, "MME_MODEL_HOST": "shared"})
     # Per-worker mode never scales: the maximum means nothing there.
-    assert ServingSettings.from_env(env).workers_per_model == 3
+    assert ServingSettings.from_env({**env, "MME_MODEL_HOST": "per-worker"}).workers_per_model == 3
 
 
 def test_run_dir_too_long_for_worker_sockets_is_refused_with_the_limit() -> None:

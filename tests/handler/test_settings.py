@@ -17,6 +17,8 @@ def test_defaults_match_sagemaker() -> None:
     assert settings.response_timeout_seconds == 60
     assert settings.workers_per_model == 1
     assert settings.mms_config_file == Path("/etc/sagemaker-mms.properties")
+    assert settings.load_memory_reserve_mb == 300
+    assert settings.memory_headroom_mb == 512
 
 
 def test_every_tunable_is_read_from_its_variable() -> None:
@@ -32,6 +34,8 @@ def test_every_tunable_is_read_from_its_variable() -> None:
             "MME_JVM_HEAP": "512m",
             "MME_LOG_LEVEL": "debug",
             "MME_MAX_TEXTS_PER_REQUEST": "5",
+            "MME_LOAD_MEMORY_RESERVE_MB": "200",
+            "MME_MEMORY_HEADROOM_MB": "1024",
             "MME_DEFAULT_TOKENIZER_DIR": "/opt/tokenizer",
             "MME_MMS_CONFIG_FILE": "/tmp/x/mms.properties",
             "MME_RUN_DIR": "/tmp/x",
@@ -50,6 +54,8 @@ def test_every_tunable_is_read_from_its_variable() -> None:
         jvm_heap="512m",
         log_level="DEBUG",
         max_texts_per_request=5,
+        load_memory_reserve_mb=200,
+        memory_headroom_mb=1024,
         default_tokenizer_dir=Path("/opt/tokenizer"),
         mms_config_file=Path("/tmp/x/mms.properties"),
         run_dir=Path("/tmp/x"),
@@ -66,6 +72,8 @@ def test_every_tunable_is_read_from_its_variable() -> None:
         ("MME_JVM_HEAP", "lots", "MME_JVM_HEAP='lots' must look like 512m or 2g"),
         ("MME_LOG_LEVEL", "loud", "MME_LOG_LEVEL='LOUD' must be one of"),
         ("MME_MODEL_HOST", "pooled", "MME_MODEL_HOST='pooled' must be one of per-worker, shared"),
+        ("MME_MEMORY_HEADROOM_MB", "-1", "MME_MEMORY_HEADROOM_MB=-1 must be >= 0"),
+        ("MME_MEMORY_HEADROOM_MB", "1g", "MME_MEMORY_HEADROOM_MB='1g' is not an integer"),
     ],
 )
 def test_malformed_variable_is_named_in_the_error(name: str, value: str, fragment: str) -> None:

@@ -6,6 +6,11 @@ a worker of a model that is already serving (DESIGN.md). So a worker about to lo
 raises :class:`~handler.errors.ModelOutOfMemoryError` (MMS answers 507) when the model will not fit; and while it
 loads, it offers itself to the OOM killer first, so that a misjudged load kills the loading worker, never a serving
 one or MMS itself.
+
+The shared model host (``MME_MODEL_HOST=shared``) runs the same check with its own terms: a load there starts no
+runtime, so it needs only its own estimate, while a headroom stays free for the requests in flight of every model it
+holds; it counts what loads still in progress will take, so two concurrent loads cannot both be granted the same
+free memory (docs/model-host.md).
 """
 
 from __future__ import annotations
@@ -152,35 +157,51 @@ def check_room_for(
     saved_model_dir: Path,
     *,
     reserve_mb: int,
+    headroom_mb: int = 0,
+    pending_bytes: int = 0,
     cgroup_root: Path = CGROUP_ROOT,
     meminfo: Path = Path("/proc/meminfo"),
-) -> None:
-    """Refuse a load that would not fit: free memory must cover ``reserve_mb`` (a worker's TensorFlow runtime) plus
-    twice the SavedModel's files (weights in memory, and the graph built from them). ``reserve_mb`` 0 checks nothing.
+) -> int:
+    """Refuse a load that would not fit, and return what it needs (bytes) when it does.
+
+    The load needs ``reserve_mb`` (per-worker mode: the loading worker's own TensorFlow runtime; 0 in the shared
+    model host, which starts none) plus twice the SavedModel's files (weights in memory, and the graph built from
+    them). Free memory, less ``pending_bytes`` (what loads still in progress will take), must cover that need plus
+    ``headroom_mb``, kept free for requests in flight. ``reserve_mb`` and ``headroom_mb`` both 0 checks nothing
+    (and returns 0).
 
     Raises:
-        ModelTooLargeError: the load needs more than all the memory the container can have: no eviction helps.
+        ModelTooLargeError: the need plus the headroom is more than all the memory the container can have: no
+            eviction helps.
         ModelOutOfMemoryError: less memory is free than the load needs; MMS answers 507 and a front end evicts.
     """
-    if reserve_mb <= 0:
-        return
-    needed = reserve_mb * _MIB + 2 * folder_bytes(saved_model_dir)
+    if reserve_mb <= 0 and headroom_mb <= 0:
+        return 0
+    needed = max(reserve_mb, 0) * _MIB + 2 * folder_bytes(saved_model_dir)
+    kept_free = max(headroom_mb, 0) * _MIB
+    name = saved_model_dir.parent.name or saved_model_dir
+    why = "twice the SavedModel"
+    if reserve_mb > 0:
+        why = f"MME_LOAD_MEMORY_RESERVE_MB={reserve_mb} plus {why}"
+    if headroom_mb > 0:
+        why = f"{why}, and MME_MEMORY_HEADROOM_MB={headroom_mb} kept free"
     total = total_memory_bytes(cgroup_root, meminfo)
-    if total is not None and needed > total:
+    if total is not None and needed + kept_free > total:
         raise ModelTooLargeError(
-            f"{saved_model_dir.parent.name or saved_model_dir} needs about {needed // _MIB} MiB "
-            f"(MME_LOAD_MEMORY_RESERVE_MB={reserve_mb} plus twice the SavedModel), more than the container's "
+            f"{name} needs about {(needed + kept_free) // _MIB} MiB ({why}), more than the container's "
             f"{total // _MIB} MiB in total: it cannot load even with no other model loaded"
         )
     free = [value for value in (cgroup_free_bytes(cgroup_root), system_available_bytes(meminfo)) if value is not None]
     if not free:
-        return
-    if min(free) < needed:
+        return needed
+    left = min(free) - pending_bytes
+    if left < needed + kept_free:
+        pending = f", {pending_bytes // _MIB} MiB of it promised to loads in progress" if pending_bytes else ""
         raise ModelOutOfMemoryError(
-            f"not enough memory to load {saved_model_dir.parent.name or saved_model_dir}: {min(free) // _MIB} MiB "
-            f"free, about {needed // _MIB} MiB needed (MME_LOAD_MEMORY_RESERVE_MB={reserve_mb} plus twice the "
-            "SavedModel); unload a model first"
+            f"not enough memory to load {name}: {min(free) // _MIB} MiB free{pending}, about "
+            f"{(needed + kept_free) // _MIB} MiB needed ({why}); unload a model first"
         )
+    return needed
 
 
 def offer_to_oom_killer(score_adj: int) -> None:

@@ -103,9 +103,17 @@ class ServingSettings:
     log_level: str = "INFO"
     #: ``MME_MAX_TEXTS_PER_REQUEST`` (64): more texts in one request is a 400, to bound a request's latency.
     max_texts_per_request: int = 64
-    #: ``MME_LOAD_MEMORY_RESERVE_MB`` (300): a load is refused with 507 unless this much memory plus twice the
-    #: SavedModel's size is free (a worker's TensorFlow runtime costs ~250 MiB); 0 turns the check off.
+    #: ``MME_LOAD_MEMORY_RESERVE_MB`` (300), per-worker mode: a load is refused with 507 unless this much memory
+    #: plus twice the SavedModel's size is free (the loading worker's own TensorFlow runtime costs ~250 MiB); 0 turns
+    #: the check off. Shared mode starts no runtime per load and uses ``MME_MEMORY_HEADROOM_MB`` instead.
     load_memory_reserve_mb: int = 300
+    #: ``MME_MEMORY_HEADROOM_MB`` (512), shared mode: memory the model host keeps free under the container's limit at
+    #: every load, for what grows after it: the tensors of requests in flight (a bert-base batch of 16 texts of 128
+    #: tokens peaks near 100 MiB, and the host runs one request per model at a time, several at once) and the
+    #: host's and MMS's own growth (allocator fragmentation, the JVM heap). A load is refused with 507 unless free
+    #: memory, less what loads in progress will take, covers twice its SavedModel plus this; 0 turns the check off.
+    #: Per-worker mode uses ``MME_LOAD_MEMORY_RESERVE_MB`` instead (docs/model-host.md).
+    memory_headroom_mb: int = 512
     #: ``MME_DEFAULT_TOKENIZER_DIR`` (unset): tokenizer for archives that ship none (the original ``0/``-only ones);
     #: on AWS the stage setting ``default_tokenizer`` bakes one into the image and sets this, locally
     #: ``mme serve --default-tokenizer`` does.
@@ -185,6 +193,7 @@ class ServingSettings:
             log_level=log_level,
             max_texts_per_request=_int(env, "MME_MAX_TEXTS_PER_REQUEST", 64, minimum=1),
             load_memory_reserve_mb=_int(env, "MME_LOAD_MEMORY_RESERVE_MB", 300),
+            memory_headroom_mb=_int(env, "MME_MEMORY_HEADROOM_MB", 512),
             default_tokenizer_dir=_optional_path(env, DEFAULT_TOKENIZER_VARIABLE),
             mms_config_file=_optional_path(env, "MME_MMS_CONFIG_FILE") or Path("/etc/sagemaker-mms.properties"),
             run_dir=run_dir,

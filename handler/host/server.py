@@ -29,7 +29,7 @@ from handler.errors import HandlerError, ModelLoadError, ModelOutOfMemoryError, 
 from handler.host.activity import ModelActivity
 from handler.host.batching import BatchingClassifier
 from handler.host.protocol import ConnectionClosedError, Message, ProtocolError, receive_message, send_message
-from handler.memory import beyond_total_memory, check_room_for
+from handler.memory import SERVING_OOM_SCORE_ADJ, beyond_total_memory, check_room_for, offer_to_oom_killer
 from handler.model import TextClassifier, configure_tensorflow, find_saved_model, load_model_dir
 from handler.request import answer_request
 from handler.settings import ServingSettings, SettingsError
@@ -55,6 +55,10 @@ class ModelRegistry:
         self._lock = threading.Lock()
         self._models: dict[ModelKey, _Loaded] = {}
         self._loading: dict[ModelKey, Future[None]] = {}
+        # Memory promised to loads in progress (bytes), granted and returned under its own lock: a load is checked
+        # against free memory less what the others will still take.
+        self._room_lock = threading.Lock()
+        self._promised_bytes = 0
 
     def acquire(self, key: ModelKey) -> None:
         """Lease the model ``key``, loading it unless it is loaded (or being loaded: then wait for that load).
@@ -90,9 +94,24 @@ class ModelRegistry:
     def _load(self, key: ModelKey) -> TextClassifier:
         name, folder = key
         model_dir = Path(folder)
+        promised = 0
         if model_dir.is_dir():
-            check_room_for(find_saved_model(model_dir), reserve_mb=self._settings.load_memory_reserve_mb)
-        classifier = load_model_dir(model_dir, self._settings)
+            saved_model = find_saved_model(model_dir)
+            with self._room_lock:
+                # No runtime per load here (MME_LOAD_MEMORY_RESERVE_MB sizes a per-worker one): the model's own
+                # estimate, with the headroom kept free for every model's requests in flight.
+                promised = check_room_for(
+                    saved_model,
+                    reserve_mb=0,
+                    headroom_mb=self._settings.memory_headroom_mb,
+                    pending_bytes=self._promised_bytes,
+                )
+                self._promised_bytes += promised
+        try:
+            classifier = load_model_dir(model_dir, self._settings)
+        finally:
+            with self._room_lock:
+                self._promised_bytes -= promised
         logger.info("model %s loaded from %s", name, folder)
         return classifier
 
@@ -295,6 +314,10 @@ def main(argv: list[str] | None = None) -> None:
     import transformers  # noqa: F401
 
     configure_tensorflow(settings)
+    # The load check is the first defence. If it misjudges, the kernel should kill the host rather than MMS's Java:
+    # a dead host takes every model, but serve restarts it and the front end loads them again on demand, while a dead
+    # MMS ends the container. The host is usually the largest process anyway; this makes it so while it is small.
+    offer_to_oom_killer(SERVING_OOM_SCORE_ADJ)
     server = ModelHostServer(args.socket, ModelHost(settings))
 
     def stop(signum: int, frame: object) -> None:

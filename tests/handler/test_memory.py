@@ -118,3 +118,58 @@ def test_a_load_needing_more_than_the_whole_container_is_too_large_not_just_out_
     with pytest.raises(ModelOutOfMemoryError) as caught:
         check_room_for(saved_model, reserve_mb=200, cgroup_root=cgroup, meminfo=meminfo)
     assert not isinstance(caught.value, ModelTooLargeError)
+
+
+def _saved_model(root: Path, mib: int) -> Path:
+    saved_model = root / "0"
+    saved_model.mkdir(parents=True)
+    (saved_model / "saved_model.pb").write_bytes(b"\0")
+    with (saved_model / "variables.data").open("wb") as variables:
+        variables.truncate(mib * MIB - 1)  # sparse: its size counts, no disk is written
+    return saved_model
+
+
+def test_shared_rule_needs_twice_the_model_with_the_headroom_kept_free_cgroup_v2(tmp_path: Path) -> None:
+    saved_model = _saved_model(tmp_path / "model", 50)
+    cgroup = _files(tmp_path / "cg", {"memory.max": str(2048 * MIB), "memory.current": str(1448 * MIB),
+                                      "memory.stat": f"inactive_file {100 * MIB}\n"})  # fmt: skip
+    meminfo = _files(tmp_path, {"meminfo": "MemTotal: 20000000 kB\nMemAvailable: 20000000 kB\n"}) / "meminfo"
+    # 700 MiB free: the model's 100 MiB and 512 MiB of headroom fit, and the check returns what the load will take.
+    assert check_room_for(saved_model, reserve_mb=0, headroom_mb=512, cgroup_root=cgroup, meminfo=meminfo) == 100 * MIB
+    with pytest.raises(ModelOutOfMemoryError, match=r"700 MiB free, about 712 MiB needed \(twice the SavedModel, "
+                                                    r"and MME_MEMORY_HEADROOM_MB=612 kept free\)"):  # fmt: skip
+        check_room_for(saved_model, reserve_mb=0, headroom_mb=612, cgroup_root=cgroup, meminfo=meminfo)
+
+
+def test_shared_rule_counts_memory_promised_to_loads_in_progress_cgroup_v1(tmp_path: Path) -> None:
+    saved_model = _saved_model(tmp_path / "model", 50)
+    cgroup = _files(tmp_path / "cg", {"memory/memory.limit_in_bytes": str(2048 * MIB),
+                                      "memory/memory.usage_in_bytes": str(1348 * MIB)})  # fmt: skip
+    meminfo = _files(tmp_path, {"meminfo": "MemTotal: 20000000 kB\nMemAvailable: 20000000 kB\n"}) / "meminfo"
+    assert check_room_for(saved_model, reserve_mb=0, headroom_mb=512, cgroup_root=cgroup, meminfo=meminfo) == 100 * MIB
+    # Another load was granted 100 MiB and has not taken it yet: the same free memory is not granted twice.
+    with pytest.raises(
+        ModelOutOfMemoryError, match=r"700 MiB free, 100 MiB of it promised to loads in progress"
+    ) as caught:
+        check_room_for(saved_model, reserve_mb=0, headroom_mb=512, pending_bytes=100 * MIB, cgroup_root=cgroup,
+                       meminfo=meminfo)  # fmt: skip
+    assert not isinstance(caught.value, ModelTooLargeError)  # it fits once those loads end or others unload
+
+
+def test_shared_rule_refuses_at_once_a_model_that_with_the_headroom_exceeds_the_limit(tmp_path: Path) -> None:
+    saved_model = _saved_model(tmp_path / "model", 300)
+    v1 = _files(tmp_path / "v1", {"memory/memory.limit_in_bytes": str(1024 * MIB),
+                                  "memory/memory.usage_in_bytes": str(100 * MIB)})  # fmt: skip
+    v2 = _files(tmp_path / "v2", {"memory.max": str(1024 * MIB), "memory.current": str(100 * MIB)})
+    meminfo = _files(tmp_path, {"meminfo": "MemTotal: 20000000 kB\nMemAvailable: 20000000 kB\n"}) / "meminfo"
+    for cgroup in (v1, v2):
+        with pytest.raises(ModelTooLargeError, match=r"about 1112 MiB .* more than the container's 1024 MiB"):
+            check_room_for(saved_model, reserve_mb=0, headroom_mb=512, cgroup_root=cgroup, meminfo=meminfo)
+        # 600 MiB of model and 300 kept free fit within 1024 MiB, and within the 924 MiB free: it loads.
+        check_room_for(saved_model, reserve_mb=0, headroom_mb=300, cgroup_root=cgroup, meminfo=meminfo)
+
+
+def test_no_reserve_and_no_headroom_checks_nothing(tmp_path: Path) -> None:
+    saved_model = _saved_model(tmp_path / "model", 1)
+    cgroup = _files(tmp_path / "cg", {"memory.max": str(1024 * MIB), "memory.current": str(1024 * MIB)})
+    assert check_room_for(saved_model, reserve_mb=0, headroom_mb=0, cgroup_root=cgroup) == 0

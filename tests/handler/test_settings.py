@@ -19,6 +19,8 @@ def test_defaults_match_sagemaker() -> None:
     assert settings.mms_config_file == Path("/etc/sagemaker-mms.properties")
     assert (settings.max_workers_per_model, settings.worker_idle_seconds) == (4, 60)
     assert settings.worker_scale_interval_seconds == 1
+    assert settings.load_memory_reserve_mb == 300
+    assert settings.memory_headroom_mb == 512
 
 
 def test_batching_is_on_by_default_with_a_small_batch_and_delay() -> None:
@@ -39,6 +41,8 @@ def test_every_tunable_is_read_from_its_variable() -> None:
             "MME_JVM_HEAP": "512m",
             "MME_LOG_LEVEL": "debug",
             "MME_MAX_TEXTS_PER_REQUEST": "5",
+            "MME_LOAD_MEMORY_RESERVE_MB": "200",
+            "MME_MEMORY_HEADROOM_MB": "1024",
             "MME_DEFAULT_TOKENIZER_DIR": "/opt/tokenizer",
             "MME_MMS_CONFIG_FILE": "/tmp/x/mms.properties",
             "MME_RUN_DIR": "/tmp/x",
@@ -62,6 +66,8 @@ def test_every_tunable_is_read_from_its_variable() -> None:
         jvm_heap="512m",
         log_level="DEBUG",
         max_texts_per_request=5,
+        load_memory_reserve_mb=200,
+        memory_headroom_mb=1024,
         default_tokenizer_dir=Path("/opt/tokenizer"),
         mms_config_file=Path("/tmp/x/mms.properties"),
         run_dir=Path("/tmp/x"),
@@ -89,6 +95,8 @@ def test_every_tunable_is_read_from_its_variable() -> None:
         ("MME_MAX_WORKERS_PER_MODEL", "0", "MME_MAX_WORKERS_PER_MODEL=0 must be >= 1"),
         ("MME_WORKER_IDLE_SECONDS", "soon", "MME_WORKER_IDLE_SECONDS='soon' is not an integer"),
         ("MME_WORKER_SCALE_INTERVAL_SECONDS", "0", "MME_WORKER_SCALE_INTERVAL_SECONDS=0 must be >= 1"),
+        ("MME_MEMORY_HEADROOM_MB", "-1", "MME_MEMORY_HEADROOM_MB=-1 must be >= 0"),
+        ("MME_MEMORY_HEADROOM_MB", "1g", "MME_MEMORY_HEADROOM_MB='1g' is not an integer"),
     ],
 )
 def test_malformed_variable_is_named_in_the_error(name: str, value: str, fragment: str) -> None:

@@ -104,7 +104,9 @@ def make_busy_until_scaled(server: LocalContainer, model: str) -> list[tuple[int
 
 def test_per_worker_mode_never_scales(tmp_path: Path, demo_model_dirs: dict[str, Path]) -> None:
     """First in the module: it runs before the shared server starts, so one MMS runs at a time."""
-    with LocalContainer(tmp_path / "per-worker", environment={"MME_WORKER_IDLE_SECONDS": "1"}) as server:
+    with LocalContainer(
+        tmp_path / "per-worker", environment={"MME_MODEL_HOST": "per-worker", "MME_WORKER_IDLE_SECONDS": "1"}
+    ) as server:
         assert server.client.load("topic", demo_model_dirs["topic"]).status == 200
         with Load(server, "topic", clients=4) as load:
             # Long enough for a shared-mode server to scale several times over (1 s intervals).

@@ -150,6 +150,18 @@ class ServingSettings:
     #: activity and decides each model's workers.
     worker_scale_interval_seconds: int = 1
 
+    @property
+    def memory_kept_free_mb(self) -> int:
+        """MiB a load keeps free beyond its own estimate: the headroom in shared mode, the loading worker's runtime
+        reserve in per-worker mode (what ``mme cost`` sets aside on each instance)."""
+        return self.memory_headroom_mb if self.model_host == SHARED else self.load_memory_reserve_mb
+
+    @property
+    def runtimes_per_model(self) -> int:
+        """Copies of a loaded model, each with the memory it costs: one per worker in per-worker mode; one in shared
+        mode, whose workers are thin forwarders."""
+        return self.workers_per_model if self.model_host == PER_WORKER else 1
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServingSettings:
         """Read the settings from ``env`` (default: ``os.environ``).

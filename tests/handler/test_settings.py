@@ -136,3 +136,11 @@ def test_shared_mode_is_the_default_and_gives_mms_the_thin_handler(tmp_path: Pat
     assert mms_environment(ServingSettings(run_dir=tmp_path))["SAGEMAKER_HANDLER"] == "handler.thin_service:handle"
     per_worker = ServingSettings(run_dir=tmp_path, model_host="per-worker")
     assert mms_environment(per_worker)["SAGEMAKER_HANDLER"] == "handler.service:handle"
+
+
+def test_what_a_load_keeps_free_and_the_copies_of_a_model_follow_the_model_host_mode() -> None:
+    env = {"MME_LOAD_MEMORY_RESERVE_MB": "300", "MME_MEMORY_HEADROOM_MB": "700", "SAGEMAKER_MODEL_SERVER_WORKERS": "3"}
+    shared = ServingSettings.from_env({**env, "MME_MODEL_HOST": "shared"})
+    assert (shared.memory_kept_free_mb, shared.runtimes_per_model) == (700, 1)
+    per_worker = ServingSettings.from_env({**env, "MME_MODEL_HOST": "per-worker"})
+    assert (per_worker.memory_kept_free_mb, per_worker.runtimes_per_model) == (300, 3)

@@ -193,7 +193,7 @@ class StageSettings:
     #: Shared mode: most texts per model call when concurrent requests for one model are batched (1 = off), and how
     #: long in milliseconds a batch waits for more (only while another worker of the model could still send).
     max_batch_size: int = 8
-    max_batch_delay_ms: int = 5
+    max_batch_delay_ms: int = 0
     #: Shared mode: the most thin workers a busy model gets, and the seconds without a request after which it goes
     #: back to `server_workers`.
     max_workers_per_model: int = 4

@@ -185,12 +185,15 @@ class StageSettings:
     jvm_heap: str = "1g"
     log_level: str = "INFO"
     max_texts_per_request: int = 64
-    #: MiB that must be free, beyond twice a SavedModel's size, before a load; else 507 and SageMaker evicts (0 = off).
+    #: Per-worker mode: MiB that must be free, beyond twice a SavedModel's size, before a load; else 507 and SageMaker
+    #: evicts (0 = off).
     load_memory_reserve_mb: int = 300
+    #: Shared mode: MiB kept free under the container's limit at every load, for requests in flight; 0 = off.
+    memory_headroom_mb: int = 512
     #: Shared mode: most texts per model call when concurrent requests for one model are batched (1 = off), and how
     #: long in milliseconds a batch waits for more (only while another worker of the model could still send).
     max_batch_size: int = 8
-    max_batch_delay_ms: int = 5
+    max_batch_delay_ms: int = 0
     #: Shared mode: the most thin workers a busy model gets, and the seconds without a request after which it goes
     #: back to `server_workers`.
     max_workers_per_model: int = 4
@@ -250,6 +253,7 @@ class StageSettings:
             "MME_LOG_LEVEL": self.log_level,
             "MME_MAX_TEXTS_PER_REQUEST": str(self.max_texts_per_request),
             "MME_LOAD_MEMORY_RESERVE_MB": str(self.load_memory_reserve_mb),
+            "MME_MEMORY_HEADROOM_MB": str(self.memory_headroom_mb),
             "MME_MAX_BATCH_SIZE": str(self.max_batch_size),
             "MME_MAX_BATCH_DELAY_MS": str(self.max_batch_delay_ms),
             "MME_MAX_WORKERS_PER_MODEL": str(self.max_workers_per_model),
@@ -380,6 +384,7 @@ def _validate_stage(s: StageSettings) -> None:
     _check_choice(s, "log_level", LOG_LEVELS)
     _check_int(s, "max_texts_per_request", 1, 10_000)
     _check_int(s, "load_memory_reserve_mb", 0, 1_000_000)
+    _check_int(s, "memory_headroom_mb", 0, 1_000_000)
     _check_int(s, "max_batch_size", 1, 1024)
     _check_int(s, "max_batch_delay_ms", 0, 10_000)
     _check_int(s, "max_workers_per_model", 1, 64)

@@ -5,11 +5,13 @@ list prices with their source and date) and the measured density (`bench/results
 `make bench-density`: the memory the container takes with no model, and what each loaded model adds). How many
 models one instance holds is computed from them, never assumed:
 
-    models per instance = (instance memory - fixed part - load reserve) // (per-model increment x workers per model)
+    models per instance = (instance memory - fixed part - load reserve) // (per-model increment x copies per model)
 
 where the fixed part is the larger of the measured base (the container with no model) and the fit's intercept (the
-base plus what the first model brings that every further model shares), and the load reserve is
-``MME_LOAD_MEMORY_RESERVE_MB``, which the handler keeps free before each load (`handler/memory.py`).
+base plus what the first model brings that every further model shares), the load reserve is the memory the
+container keeps free at each load (``MME_MEMORY_HEADROOM_MB`` in shared mode, ``MME_LOAD_MEMORY_RESERVE_MB`` in
+per-worker mode; `handler/memory.py`), and the copies per model are its workers in per-worker mode (each holds the
+model and a TensorFlow runtime), one in shared mode.
 
 A deployed stage is read as it runs: its endpoint's instance type, live instance count and volume; the model's
 container environment (load reserve, workers per model); and the hours it was awake, from CloudWatch.
@@ -219,7 +221,7 @@ _FIGURES = {
     "hours_awake": "hours awake per month",
     "volume_size_gb": "volume per instance, GB",
     "reserve_mb": "load reserve, MiB",
-    "workers_per_model": "workers per model",
+    "workers_per_model": "model copies per model (workers holding a runtime)",
 }
 
 _STAGE_DEFAULT = "a stage's default, stacks/settings.py"
@@ -242,9 +244,10 @@ class EndpointConfiguration:
     instance_count: int = DEFAULT_INSTANCE_COUNT
     hours_awake: float = HOURS_PER_MONTH
     volume_size_gb: int = DEFAULT_VOLUME_SIZE_GB
-    #: ``MME_LOAD_MEMORY_RESERVE_MB`` and ``SAGEMAKER_MODEL_SERVER_WORKERS`` of the model's container.
-    reserve_mb: int = ServingSettings().load_memory_reserve_mb
-    workers_per_model: int = ServingSettings().workers_per_model
+    #: What the model's container keeps free at a load, and how many copies of each model it holds
+    #: (:attr:`~handler.settings.ServingSettings.memory_kept_free_mb`, ``runtimes_per_model``).
+    reserve_mb: int = ServingSettings().memory_kept_free_mb
+    workers_per_model: int = ServingSettings().runtimes_per_model
     #: Where each figure (a field name) came from; a figure not named is the default.
     sources: Mapping[str, str] = field(default_factory=dict)
 
@@ -424,15 +427,15 @@ def read_stage(session: Any, stage: DeployedStage, *, now: datetime | None = Non
             instance_count=count,
             hours_awake=hours,
             volume_size_gb=volume,
-            reserve_mb=settings.load_memory_reserve_mb,
-            workers_per_model=settings.workers_per_model,
+            reserve_mb=settings.memory_kept_free_mb,
+            workers_per_model=settings.runtimes_per_model,
             sources={
                 "instance_type": f"endpoint config {endpoint['EndpointConfigName']}",
                 "instance_count": f"the variant's current count, endpoint {endpoint.get('EndpointStatus', '?')}",
                 "hours_awake": hours_source,
                 "volume_size_gb": f"endpoint config {endpoint['EndpointConfigName']}",
                 "reserve_mb": container,
-                "workers_per_model": container,
+                "workers_per_model": f"{container}, {settings.model_host} mode",
             },
         ),
     )

@@ -54,7 +54,7 @@ memory_gib = 1.5
 """
 
 
-def per_instance(memory_mib: int, *, reserve_mb: int = 300, workers: int = 1) -> int:
+def per_instance(memory_mib: int, *, reserve_mb: int = 512, workers: int = 1) -> int:
     return (memory_mib - INTERCEPT_MIB - reserve_mb) // (PER_MODEL_MIB * workers)
 
 
@@ -100,9 +100,9 @@ def test_cost_of_the_default_stage_against_one_endpoint_per_model(inputs: list[s
     status, out, err = cost(*inputs, "--format", "markdown")
     assert status == 0, err
     fits = per_instance(8 * 1024)
-    assert fits == 27  # (8192 - 1024 - 300) // 250
+    assert fits == 26  # (8192 - 1024 - 512 MiB, the shared host's default headroom) // 250
     mme_instance = 0.10 * 730 + 30 * 0.10  # an always awake ml.m5.large and its 30 GB volume: 76.00
-    # ml.t2.small (1.5 GiB) is cheaper but holds no model; ml.t2.medium holds (4096 - 1324) // 250 = 11.
+    # ml.t2.small (1.5 GiB) is cheaper but holds no model; ml.t2.medium holds (4096 - 1536) // 250 = 10.
     single = 0.05 * 730 + 30 * 0.10  # 39.50
     rows = markdown_rows(out)
     for models, instances in ((10, 1), (50, 2), (200, 8)):
@@ -117,7 +117,7 @@ def test_cost_of_the_default_stage_against_one_endpoint_per_model(inputs: list[s
         ]
     assert rows[10][1] == "76.00"
     assert rows[200][3] == "7,900.00"
-    assert "models per ml.m5.large: 27 = (8 GiB - 1024 MiB fixed - 300 MiB load reserve) // 250 MiB" in out
+    assert "models per ml.m5.large: 26 = (8 GiB - 1024 MiB fixed - 512 MiB load reserve) // 250 MiB" in out
     assert "density: density.json, measured 2026-11-20T10:00:00+00:00" in out
     assert "hours awake per month: 730 (assumed: always awake)" in out
     # The stage's other costs: the store's key, and six alarms and a dashboard for the whole month.
@@ -234,8 +234,11 @@ def deploy_endpoint(session: boto3.session.Session, environment: dict[str, str])
 
 def test_a_deployed_stage_is_costed_as_it_runs(aws: boto3.session.Session, inputs: list[str]) -> None:
     deploy_store(aws)
-    # The container's environment as the stage set it: a larger load reserve, two workers per model.
-    deploy_endpoint(aws, {"MME_LOAD_MEMORY_RESERVE_MB": "812", "SAGEMAKER_MODEL_SERVER_WORKERS": "2"})
+    # The container's environment as the stage set it: per-worker mode, a larger load reserve, two workers per model.
+    deploy_endpoint(
+        aws,
+        {"MME_MODEL_HOST": "per-worker", "MME_LOAD_MEMORY_RESERVE_MB": "812", "SAGEMAKER_MODEL_SERVER_WORKERS": "2"},
+    )
     status, out, err = cost(*inputs, "--stage", "dev", "--region", REGION, "--format", "markdown", "--models", "10",
                             "--models", "40")  # fmt: skip
     assert status == 0, err
@@ -249,11 +252,27 @@ def test_a_deployed_stage_is_costed_as_it_runs(aws: boto3.session.Session, input
     assert f"Stage dev in {REGION} (endpoint {ENDPOINT}): 2 x ml.m5.large" in out
     assert "instances: 2 (the variant's current count, endpoint InService)" in out
     assert "load reserve, MiB: 812 (model dev-model's container environment)" in out
-    assert "workers per model: 2" in out
+    assert "model copies per model (workers holding a runtime): 2" in out
     assert "volume per instance, GB: 20 (endpoint config dev-config)" in out
     assert "hours awake per month: 730 (assumed always awake (730 h): CloudWatch has no CPUUtilization" in out
     # Three 10 MB versions under models/ (an overwritten key bills twice); capture/ is not the store's models.
     assert "S3, 0.03 GB of models" in out
+
+
+def test_a_deployed_shared_mode_stage_keeps_its_headroom_free_and_one_copy_of_each_model(
+    aws: boto3.session.Session, inputs: list[str]
+) -> None:
+    deploy_store(aws)
+    # Shared mode (the default): two thin workers per model still hold one copy of it, in the model host.
+    deploy_endpoint(aws, {"MME_MEMORY_HEADROOM_MB": "1024", "SAGEMAKER_MODEL_SERVER_WORKERS": "2"})
+    status, out, err = cost(*inputs, "--stage", "dev", "--region", REGION, "--models", "10")
+    assert status == 0, err
+    assert per_instance(8 * 1024, reserve_mb=1024) == 24  # (8192 - 1024 - 1024) // 250
+    assert "models per ml.m5.large: 24 = (8 GiB - 1024 MiB fixed - 1024 MiB load reserve) // 250 MiB" in out
+    assert "load reserve, MiB: 1024 (model dev-model's container environment)" in out
+    assert (
+        "model copies per model (workers holding a runtime): 1 (model dev-model's container environment, shared" in out
+    )
 
 
 def test_hours_awake_come_from_cloudwatch_datapoints(aws: boto3.session.Session, inputs: list[str]) -> None:

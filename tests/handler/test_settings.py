@@ -25,7 +25,7 @@ def test_defaults_match_sagemaker() -> None:
 
 def test_batching_is_on_by_default_with_a_small_batch_and_delay() -> None:
     settings = ServingSettings.from_env({})
-    assert (settings.max_batch_size, settings.max_batch_delay_ms) == (8, 5)
+    assert (settings.max_batch_size, settings.max_batch_delay_ms) == (8, 0)
 
 
 def test_every_tunable_is_read_from_its_variable() -> None:
@@ -49,7 +49,7 @@ def test_every_tunable_is_read_from_its_variable() -> None:
             "MME_MODEL_HOST": "Shared",
             "MME_MODEL_HOST_START_TIMEOUT_SECONDS": "20",
             "MME_MAX_BATCH_SIZE": "1",
-            "MME_MAX_BATCH_DELAY_MS": "0",
+            "MME_MAX_BATCH_DELAY_MS": "3",
             "MME_MAX_WORKERS_PER_MODEL": "6",
             "MME_WORKER_IDLE_SECONDS": "30",
             "MME_WORKER_SCALE_INTERVAL_SECONDS": "2",
@@ -74,7 +74,7 @@ def test_every_tunable_is_read_from_its_variable() -> None:
         model_host="shared",
         model_host_start_timeout_seconds=20,
         max_batch_size=1,
-        max_batch_delay_ms=0,
+        max_batch_delay_ms=3,
         max_workers_per_model=6,
         worker_idle_seconds=30,
         worker_scale_interval_seconds=2,
@@ -136,3 +136,11 @@ def test_shared_mode_is_the_default_and_gives_mms_the_thin_handler(tmp_path: Pat
     assert mms_environment(ServingSettings(run_dir=tmp_path))["SAGEMAKER_HANDLER"] == "handler.thin_service:handle"
     per_worker = ServingSettings(run_dir=tmp_path, model_host="per-worker")
     assert mms_environment(per_worker)["SAGEMAKER_HANDLER"] == "handler.service:handle"
+
+
+def test_what_a_load_keeps_free_and_the_copies_of_a_model_follow_the_model_host_mode() -> None:
+    env = {"MME_LOAD_MEMORY_RESERVE_MB": "300", "MME_MEMORY_HEADROOM_MB": "700", "SAGEMAKER_MODEL_SERVER_WORKERS": "3"}
+    shared = ServingSettings.from_env({**env, "MME_MODEL_HOST": "shared"})
+    assert (shared.memory_kept_free_mb, shared.runtimes_per_model) == (700, 1)
+    per_worker = ServingSettings.from_env({**env, "MME_MODEL_HOST": "per-worker"})
+    assert (per_worker.memory_kept_free_mb, per_worker.runtimes_per_model) == (300, 3)

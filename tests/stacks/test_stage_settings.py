@@ -61,8 +61,9 @@ def test_container_environment_carries_every_tunable() -> None:
         "MME_LOG_LEVEL": "DEBUG",
         "MME_MAX_TEXTS_PER_REQUEST": "64",
         "MME_LOAD_MEMORY_RESERVE_MB": "300",
+        "MME_MEMORY_HEADROOM_MB": "512",
         "MME_MAX_BATCH_SIZE": "8",
-        "MME_MAX_BATCH_DELAY_MS": "5",
+        "MME_MAX_BATCH_DELAY_MS": "0",
         "MME_MAX_WORKERS_PER_MODEL": "4",
         "MME_WORKER_IDLE_SECONDS": "60",
     }

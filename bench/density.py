@@ -49,8 +49,6 @@ COUNTS = (1, 2, 4, 8)
 #: Requests per count for the warm p50, spread over the loaded models in turn.
 LATENCY_REQUESTS = 100
 _MIB = 1024 * 1024
-#: The load reserve `mme cost` keeps free by default (MME_LOAD_MEMORY_RESERVE_MB, handler/settings.py).
-RESERVE_MB = 300
 
 
 def container_processes(container: LocalContainer) -> list[psutil.Process]:
@@ -238,8 +236,10 @@ def markdown(results: dict[str, Any], density_file: Path = RESULTS / "density.js
         for p in points
     ]
     density = load_density(density_file)
+    # What `mme cost` keeps free on each instance for the measured mode (handler/settings.py).
+    reserve_mb = ServingSettings.from_env(results.get("container_environment", {})).memory_kept_free_mb
     fits = [
-        f"| `{t.name}` | {t.memory_gib:g} GiB | {density.models_per_instance(t, reserve_mb=RESERVE_MB)} |"
+        f"| `{t.name}` | {t.memory_gib:g} GiB | {density.models_per_instance(t, reserve_mb=reserve_mb)} |"
         for t in sorted(load_prices().instance_types.values(), key=lambda t: (t.memory_gib, t.usd_per_hour))
     ]
     return "\n".join(
@@ -262,7 +262,7 @@ def markdown(results: dict[str, Any], density_file: Path = RESULTS / "density.js
             f"![memory and latency against model count]({png})",
             "",
             f"Models that stay loaded per instance (`mme cost`: memory - {density.fixed_bytes / _MIB:.0f} MiB fixed "
-            f"- {RESERVE_MB} MiB load reserve, divided by the per-model increment):",
+            f"- {reserve_mb} MiB load reserve, divided by the per-model increment):",
             "",
             "| instance type | memory | models |",
             "| --- | ---: | ---: |",

@@ -93,7 +93,8 @@ class ServingSettings:
     response_timeout_seconds: int = 60
     #: ``SAGEMAKER_MAX_PAYLOAD_IN_MB`` (6): the largest request body MMS accepts (SageMaker's limit is 6 MB).
     max_payload_mb: int = 6
-    #: ``MME_TF_INTRA_OP_THREADS`` (0 = TensorFlow's choice, one per core): threads inside one op, set once for the model host (per worker in per-worker mode).
+    #: ``MME_TF_INTRA_OP_THREADS`` (0 = TensorFlow's choice, one per core): threads inside one op, set once for the
+    #: model host (per worker in per-worker mode).
     tf_intra_op_threads: int = 0
     #: ``MME_TF_INTER_OP_THREADS`` (0 = TensorFlow's choice): ops run in parallel, likewise.
     tf_inter_op_threads: int = 0

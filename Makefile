@@ -18,8 +18,8 @@ setup: $(STAMP)
 $(STAMP): requirements.txt requirements-dev.txt requirements-cdk.txt requirements-nodeps.txt container/requirements.txt \
 		pyproject.toml \
 		package.json package-lock.json scripts/setup-cdk.sh
-	@command -v java >/dev/null || { $(SUDO) apt-get update && \
-		$(SUDO) apt-get install -y --no-install-recommends openjdk-17-jre-headless; }
+	@command -v java >/dev/null && command -v ss >/dev/null || { $(SUDO) apt-get update && \
+		$(SUDO) apt-get install -y --no-install-recommends openjdk-17-jre-headless iproute2; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt

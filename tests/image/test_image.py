@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
@@ -144,7 +145,12 @@ def test_a_dead_mms_ends_the_container_with_a_log_line_and_its_own_exit_status(
 def _model_hosts(container: ImageContainer) -> list[psutil.Process]:
     init = container.init_pid()
     assert init is not None
-    return [p for p in psutil.Process(init).children(recursive=True) if "handler.host" in " ".join(p.cmdline())]
+    hosts = []
+    for process in psutil.Process(init).children(recursive=True):
+        with contextlib.suppress(psutil.ZombieProcess, psutil.NoSuchProcess):  # the image's init reaps late
+            if "handler.host" in " ".join(process.cmdline()):
+                hosts.append(process)
+    return hosts
 
 
 def test_a_killed_model_host_is_restarted_and_its_models_answer_again(

@@ -194,6 +194,8 @@ class StageSettings:
     #: long in milliseconds a batch waits for more (only while another worker of the model could still send).
     max_batch_size: int = 8
     max_batch_delay_ms: int = 0
+    #: Shared mode: batches of one model that may run in the model at once (TensorFlow spreads them over the cores).
+    parallel_batches: int = 2
     #: Shared mode: the most thin workers a busy model gets, and the seconds without a request after which it goes
     #: back to `server_workers`.
     max_workers_per_model: int = 4
@@ -256,6 +258,7 @@ class StageSettings:
             "MME_MEMORY_HEADROOM_MB": str(self.memory_headroom_mb),
             "MME_MAX_BATCH_SIZE": str(self.max_batch_size),
             "MME_MAX_BATCH_DELAY_MS": str(self.max_batch_delay_ms),
+            "MME_PARALLEL_BATCHES": str(self.parallel_batches),
             "MME_MAX_WORKERS_PER_MODEL": str(self.max_workers_per_model),
             "MME_WORKER_IDLE_SECONDS": str(self.worker_idle_seconds),
             **({"MME_DEFAULT_TOKENIZER_DIR": IMAGE_DEFAULT_TOKENIZER_DIR} if self.default_tokenizer else {}),
@@ -387,6 +390,7 @@ def _validate_stage(s: StageSettings) -> None:
     _check_int(s, "memory_headroom_mb", 0, 1_000_000)
     _check_int(s, "max_batch_size", 1, 1024)
     _check_int(s, "max_batch_delay_ms", 0, 10_000)
+    _check_int(s, "parallel_batches", 1, 64)
     _check_int(s, "max_workers_per_model", 1, 64)
     _check_int(s, "worker_idle_seconds", 1, 86_400)
     if s.model_host == "shared" and s.max_workers_per_model < s.server_workers:

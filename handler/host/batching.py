@@ -13,9 +13,11 @@ with one addition so that a lone request never waits):
   worker never waits; with several, a batch waits (at most the delay) only while another worker could still send.
 - While a batch runs, new requests queue; when the model is busy, the next batch forms without any waiting.
 
-Only the model call is batched: decoding and encoding stay in each caller's thread. One thread per model makes the
-calls, so a model's calls no longer overlap (with ``max_batch_size`` 1 there is no thread and no queue: each caller
-calls the model itself, as before batching).
+Only the model call is batched: decoding and encoding stay in each caller's thread. ``model_calls`` threads per model
+make the calls, each taking the next batch when it is free, so at most that many of a model's calls overlap: on a CPU
+a large model's calls gain as much from running side by side as from batching (its batch is padded to its longest
+text). With ``max_batch_size`` 1 there is no thread and no queue: each caller calls the model itself, as before
+batching.
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ class BatchingClassifier:
         max_batch_delay: seconds a batch may wait for more requests after its first arrived.
         senders: how many callers may have a request pending at once (the model's connections); None: unknown, so
             a batch that is not full always waits up to the delay.
-        name: names the batching thread (``batcher <name>``).
+        name: names the batching threads (``batcher <name>``).
+        model_calls: how many batches of this model may be in the model at once (a thread each).
     """
 
     def __init__(
@@ -75,23 +78,32 @@ class BatchingClassifier:
         max_batch_delay: float,
         senders: Callable[[], int] | None = None,
         name: str = "model",
+        model_calls: int = 1,
     ) -> None:
-        if max_batch_size < 1 or max_batch_delay < 0:
-            raise ValueError(f"max_batch_size {max_batch_size} must be >= 1 and max_batch_delay {max_batch_delay} >= 0")
+        if max_batch_size < 1 or max_batch_delay < 0 or model_calls < 1:
+            raise ValueError(
+                f"max_batch_size {max_batch_size} and model_calls {model_calls} must be >= 1, and max_batch_delay "
+                f"{max_batch_delay} >= 0"
+            )
         self.classifier = classifier
         self._max_batch_size = max_batch_size
         self._max_batch_delay = max_batch_delay
         self._senders = senders
         self._condition = threading.Condition()
         self._queue: deque[_Request] = deque()
+        # Requests inside a model call now: their senders cannot send another until answered.
+        self._in_call = 0
         self._closed = False
         # A leaf lock: the registry reads the counts while holding its own lock.
         self._counts_lock = threading.Lock()
         self._counts = BatchCounts()
-        self._thread: threading.Thread | None = None
+        self._threads: tuple[threading.Thread, ...] = ()
         if max_batch_size > 1:
-            self._thread = threading.Thread(target=self._serve, name=f"batcher {name}", daemon=True)
-            self._thread.start()
+            self._threads = tuple(
+                threading.Thread(target=self._serve, name=f"batcher {name}", daemon=True) for _ in range(model_calls)
+            )
+            for thread in self._threads:
+                thread.start()
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -113,9 +125,9 @@ class BatchingClassifier:
             return len(self._queue)
 
     @property
-    def thread(self) -> threading.Thread | None:
-        """The thread making the model calls; None when batching is off."""
-        return self._thread
+    def threads(self) -> tuple[threading.Thread, ...]:
+        """The threads making the model calls; none when batching is off."""
+        return self._threads
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
         """One prediction per text, in order, from a model call that may hold other callers' texts too.
@@ -126,7 +138,7 @@ class BatchingClassifier:
             BatcherClosedError: the model was unloaded.
         """
         texts = list(texts)
-        if self._thread is None:
+        if not self._threads:
             if self._closed:
                 raise BatcherClosedError("the model was unloaded")
             predictions = self.classifier.predict(texts)
@@ -141,12 +153,13 @@ class BatchingClassifier:
         return request.answer.result()
 
     def close(self) -> None:
-        """Take no more requests, answer the queued ones, and end the thread (returns once it has ended)."""
+        """Take no more requests, answer the queued ones, and end the threads (returns once they have ended)."""
         with self._condition:
             self._closed = True
             self._condition.notify_all()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join()
 
     def _count(self, texts: int) -> None:
         with self._counts_lock:
@@ -166,19 +179,20 @@ class BatchingClassifier:
 
     def _next_batch(self) -> list[_Request] | None:
         """The next batch by the rule of this module, or None once closed with nothing queued."""
-        with self._condition:
-            while not self._queue:
-                if self._closed:
-                    return None
-                self._condition.wait()
-            deadline = self._queue[0].arrived + self._max_batch_delay
         while True:
             # Outside our lock: it takes the registry's, which is never held while taking ours.
             senders = sys.maxsize if self._senders is None else self._senders()
             with self._condition:
+                if not self._queue:  # nothing yet, or another thread took it
+                    if self._closed:
+                        return None
+                    self._condition.wait()
+                    continue
                 count, full = self._fitting()
-                remaining = deadline - time.monotonic()
-                if full or self._closed or count >= senders or remaining <= 0:
+                remaining = self._queue[0].arrived + self._max_batch_delay - time.monotonic()
+                # Senders whose request is in a model call now cannot send again until it is answered.
+                if full or self._closed or count >= senders - self._in_call or remaining <= 0:
+                    self._in_call += count
                     return [self._queue.popleft() for _ in range(count)]
                 self._condition.wait(remaining)
 
@@ -195,6 +209,13 @@ class BatchingClassifier:
         return count, False
 
     def _run(self, batch: list[_Request]) -> None:
+        try:
+            self._call(batch)
+        finally:
+            with self._condition:
+                self._in_call -= len(batch)
+
+    def _call(self, batch: list[_Request]) -> None:
         texts = [text for request in batch for text in request.texts]
         try:
             predictions = self.classifier.predict(texts)

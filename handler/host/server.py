@@ -123,6 +123,7 @@ class ModelRegistry:
             # Each connection sends one request at a time: no more than its leases can be waiting for this model.
             senders=lambda: self._leases(key),
             name=key[0],
+            model_calls=self._settings.parallel_batches,
         )
 
     def _leases(self, key: ModelKey) -> int:

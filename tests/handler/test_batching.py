@@ -218,7 +218,7 @@ def test_two_models_are_never_mixed_in_a_batch() -> None:
 
 def test_close_answers_what_is_queued_ends_the_thread_and_refuses_later_calls(recording: RecordingClassifier) -> None:
     batcher = BatchingClassifier(recording, max_batch_size=8, max_batch_delay=FOREVER, name="closing")
-    assert batcher.thread in threading.enumerate()
+    assert set(batcher.threads) <= set(threading.enumerate())
     callers = Callers(batcher, recording)
     _hold_the_model(recording, callers, 8)
     callers.start(["queued"])
@@ -228,14 +228,67 @@ def test_close_answers_what_is_queued_ends_the_thread_and_refuses_later_calls(re
     closing.join(timeout=FOREVER)
     callers.join()
     assert [p.label for p in callers.answers[1]] == ["queued"]
-    assert batcher.thread not in threading.enumerate()
+    assert not set(batcher.threads) & set(threading.enumerate())
     with pytest.raises(BatcherClosedError):
         batcher.predict(["too late"])
 
 
+def test_with_two_model_calls_a_second_batch_runs_while_the_first_is_in_the_model_and_answers_stay_their_own() -> None:
+    both_in = threading.Barrier(2, timeout=FOREVER)
+
+    class Overlapping(RecordingClassifier):
+        def predict(self, texts: Sequence[str]) -> list[Prediction]:
+            # Only two model calls at once pass this: one at a time would time out here.
+            both_in.wait()
+            return super().predict(texts)
+
+    model = Overlapping()
+    batcher = BatchingClassifier(model, max_batch_size=8, max_batch_delay=0, model_calls=2, name="overlapping")
+    assert len(batcher.threads) == 2
+    answers: dict[str, list[str]] = {}
+
+    def call(text: str) -> None:
+        answers[text] = [p.label for p in batcher.predict([text, f"{text}-2"])]
+
+    callers = [threading.Thread(target=call, args=(text,)) for text in ("first", "second")]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join(timeout=FOREVER)
+    assert answers == {"first": ["first", "first-2"], "second": ["second", "second-2"]}
+    assert len(model.calls) == 2
+    batcher.close()
+    assert not set(batcher.threads) & set(threading.enumerate())
+
+
+def test_many_callers_with_two_model_calls_each_get_exactly_their_own_answers(recording: RecordingClassifier) -> None:
+    batcher = BatchingClassifier(recording, max_batch_size=4, max_batch_delay=0, model_calls=2)
+    sent: dict[int, list[list[str]]] = {index: [] for index in range(8)}
+    answered: dict[int, list[list[str]]] = {index: [] for index in range(8)}
+
+    def call(index: int) -> None:
+        for round_ in range(20):
+            texts = [f"{index}-{round_}-{i}" for i in range(1 + (index + round_) % 3)]
+            sent[index].append(texts)
+            answered[index].append([p.label for p in batcher.predict(texts)])
+
+    callers = [threading.Thread(target=call, args=(index,)) for index in range(8)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join(timeout=FOREVER)
+    assert answered == sent
+    # Every text went through exactly one model call, and no call held more than the cap.
+    assert sorted(text for call in recording.calls for text in call) == sorted(
+        text for texts in sent.values() for request in texts for text in request
+    )
+    assert max(len(call) for call in recording.calls) <= 4
+    batcher.close()
+
+
 def test_a_batch_size_of_one_calls_the_model_once_per_request_without_a_thread(recording: RecordingClassifier) -> None:
     batcher = BatchingClassifier(recording, max_batch_size=1, max_batch_delay=FOREVER)
-    assert batcher.thread is None
+    assert batcher.threads == ()
     assert [p.label for p in batcher.predict(["one", "two"])] == ["one", "two"]
     assert [p.label for p in batcher.predict(["three"])] == ["three"]
     assert recording.calls == [["one", "two"], ["three"]]

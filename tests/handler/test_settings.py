@@ -25,7 +25,7 @@ def test_defaults_match_sagemaker() -> None:
 
 def test_batching_is_on_by_default_with_a_small_batch_and_delay() -> None:
     settings = ServingSettings.from_env({})
-    assert (settings.max_batch_size, settings.max_batch_delay_ms) == (8, 0)
+    assert (settings.max_batch_size, settings.max_batch_delay_ms, settings.parallel_batches) == (8, 0, 2)
 
 
 def test_every_tunable_is_read_from_its_variable() -> None:
@@ -50,6 +50,7 @@ def test_every_tunable_is_read_from_its_variable() -> None:
             "MME_MODEL_HOST_START_TIMEOUT_SECONDS": "20",
             "MME_MAX_BATCH_SIZE": "1",
             "MME_MAX_BATCH_DELAY_MS": "3",
+            "MME_PARALLEL_BATCHES": "3",
             "MME_MAX_WORKERS_PER_MODEL": "6",
             "MME_WORKER_IDLE_SECONDS": "30",
             "MME_WORKER_SCALE_INTERVAL_SECONDS": "2",
@@ -75,6 +76,7 @@ def test_every_tunable_is_read_from_its_variable() -> None:
         model_host_start_timeout_seconds=20,
         max_batch_size=1,
         max_batch_delay_ms=3,
+        parallel_batches=3,
         max_workers_per_model=6,
         worker_idle_seconds=30,
         worker_scale_interval_seconds=2,
@@ -92,6 +94,7 @@ def test_every_tunable_is_read_from_its_variable() -> None:
         ("MME_MAX_BATCH_SIZE", "0", "MME_MAX_BATCH_SIZE=0 must be >= 1"),
         ("MME_MAX_BATCH_SIZE", "many", "MME_MAX_BATCH_SIZE='many' is not an integer"),
         ("MME_MAX_BATCH_DELAY_MS", "-1", "MME_MAX_BATCH_DELAY_MS=-1 must be >= 0"),
+        ("MME_PARALLEL_BATCHES", "0", "MME_PARALLEL_BATCHES=0 must be >= 1"),
         ("MME_MAX_WORKERS_PER_MODEL", "0", "MME_MAX_WORKERS_PER_MODEL=0 must be >= 1"),
         ("MME_WORKER_IDLE_SECONDS", "soon", "MME_WORKER_IDLE_SECONDS='soon' is not an integer"),
         ("MME_WORKER_SCALE_INTERVAL_SECONDS", "0", "MME_WORKER_SCALE_INTERVAL_SECONDS=0 must be >= 1"),

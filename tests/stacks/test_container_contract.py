@@ -39,6 +39,7 @@ def test_every_container_setting_from_cdk_context_reaches_the_serving_settings()
         "memory_headroom_mb": 256,
         "max_batch_size": 4,
         "max_batch_delay_ms": 2,
+        "parallel_batches": 3,
         "max_workers_per_model": 3,
         "worker_idle_seconds": 30,
     }
@@ -58,6 +59,7 @@ def test_every_container_setting_from_cdk_context_reaches_the_serving_settings()
         serving.memory_headroom_mb,
         serving.max_batch_size,
         serving.max_batch_delay_ms,
+        serving.parallel_batches,
         serving.max_workers_per_model,
         serving.worker_idle_seconds,
     ) == tuple(custom.values())

@@ -64,6 +64,7 @@ def test_container_environment_carries_every_tunable() -> None:
         "MME_MEMORY_HEADROOM_MB": "512",
         "MME_MAX_BATCH_SIZE": "8",
         "MME_MAX_BATCH_DELAY_MS": "0",
+        "MME_PARALLEL_BATCHES": "2",
         "MME_MAX_WORKERS_PER_MODEL": "4",
         "MME_WORKER_IDLE_SECONDS": "60",
     }

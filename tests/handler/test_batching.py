@@ -473,19 +473,20 @@ def _batcher_threads(name: str) -> list[threading.Thread]:
     return [thread for thread in threading.enumerate() if thread.name == f"batcher {name}"]
 
 
-def test_unloading_a_model_ends_its_batcher_thread(short_dir: Path, demo_model_dirs: dict[str, Path]) -> None:
+def test_unloading_a_model_ends_its_batcher_threads(short_dir: Path, demo_model_dirs: dict[str, Path]) -> None:
     host = Host(short_dir)
+    threads = ServingSettings().parallel_batches
     try:
         with host.client() as client:
             _load(client, "sentiment", demo_model_dirs["sentiment"])
             assert _predict(client, "sentiment", ["I loved it"])[0]["label"] == "positive"
-            assert len(_batcher_threads("sentiment")) == 1
+            assert len(_batcher_threads("sentiment")) == threads
             assert client.call({"op": "unload", "model": "sentiment"}).status == 200
-            # The unload answers after the thread has ended.
+            # The unload answers after the threads have ended.
             assert _batcher_threads("sentiment") == []
             _load(client, "sentiment", demo_model_dirs["sentiment"])
-            assert len(_batcher_threads("sentiment")) == 1
-        # A connection that goes away ends its leases, and the last lease the thread.
+            assert len(_batcher_threads("sentiment")) == threads
+        # A connection that goes away ends its leases, and the last lease the threads.
         assert _eventually(lambda: _batcher_threads("sentiment") == [])
     finally:
         host.stop()

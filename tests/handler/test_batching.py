@@ -243,7 +243,8 @@ def test_with_two_model_calls_a_second_batch_runs_while_the_first_is_in_the_mode
             return super().predict(texts)
 
     model = Overlapping()
-    batcher = BatchingClassifier(model, max_batch_size=8, max_batch_delay=0, model_calls=2, name="overlapping")
+    # A batch holds one request of two texts, so the two requests cannot share one call, whenever they arrive.
+    batcher = BatchingClassifier(model, max_batch_size=2, max_batch_delay=0, model_calls=2, name="overlapping")
     assert len(batcher.threads) == 2
     answers: dict[str, list[str]] = {}
 

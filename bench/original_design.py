@@ -81,4 +81,7 @@ def original_predictor(saved_model_dir: Path, tokenizer_dir: Path) -> Callable[[
         feeds = [encoded["input_ids"].astype(np.int32), encoded["attention_mask"].astype(np.int32)]
         return model.predict(feeds, verbose=0)[0].tolist()
 
+    # tf_keras builds its predict function on the first call, and two threads building it at once fail: the original
+    # handler's first request did this alone too.
+    predict("warm up")
     return predict

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import subprocess
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import psutil
 
@@ -50,3 +52,35 @@ class MotoS3:
     url: str
     client: Any
     environment: dict[str, str]
+
+
+T = TypeVar("T")
+
+
+class BackgroundCalls(Generic[T]):
+    """Each function of ``calls`` called back to back on a thread of its own until the ``with`` block ends; every
+    result is kept in ``results``, in the order they came. Leaving the block waits for each thread's call in flight,
+    and fails if one is still waiting for an answer after two minutes."""
+
+    def __init__(self, calls: Sequence[Callable[[], T]]) -> None:
+        self.results: list[T] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, args=(call,), daemon=True) for call in calls]
+
+    def _run(self, call: Callable[[], T]) -> None:
+        while not self._stop.is_set():
+            result = call()
+            with self._lock:
+                self.results.append(result)
+
+    def __enter__(self) -> BackgroundCalls[T]:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(120)
+            assert not thread.is_alive(), "a client is still waiting for an answer"

@@ -8,13 +8,14 @@ Every wait is bounded generously (this 2-core machine is shared); nothing assert
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
+from local_serving import BackgroundCalls
 from serving_answers import REQUESTS, assert_close
 
 from handler.host.client import ModelHostClient
@@ -63,43 +64,32 @@ def within(seconds: float, check: Callable[[], bool]) -> bool:
     return check()
 
 
-class Load:
-    """Client threads invoking one model back to back until stopped; every answer is kept."""
+class Load(BackgroundCalls[tuple[int, bytes]]):
+    """Client threads invoking one model back to back until stopped, each with its own connection; every answer's
+    status and body is kept."""
 
     def __init__(self, server: LocalContainer, model: str, clients: int = 6) -> None:
-        self._stop = threading.Event()
-        self.answers: list[tuple[int, bytes]] = []
-        self._lock = threading.Lock()
-        self._threads = [
-            threading.Thread(target=self._invoke, args=(server.base_url, model), daemon=True) for _ in range(clients)
-        ]
+        self._clients = [ContainerClient(server.base_url) for _ in range(clients)]
+        super().__init__([partial(self._invoke, client, model) for client in self._clients])
 
-    def _invoke(self, base_url: str, model: str) -> None:
-        client = ContainerClient(base_url)
-        try:
-            while not self._stop.is_set():
-                answer = client.invoke(model, TEXT)
-                with self._lock:
-                    self.answers.append((answer.status, answer.body))
-        finally:
-            client.close()
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
+    @staticmethod
+    def _invoke(client: ContainerClient, model: str) -> tuple[int, bytes]:
+        answer = client.invoke(model, TEXT)
+        return answer.status, answer.body
 
     def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(120)
+        try:
+            super().__exit__(*exc_info)
+        finally:
+            for client in self._clients:
+                client.close()
 
 
 def make_busy_until_scaled(server: LocalContainer, model: str) -> list[tuple[int, bytes]]:
     with Load(server, model) as load:
         scaled = within(SCALED_WITHIN_SECONDS, lambda: workers(server, model) > 1)
     assert scaled, f"{model} kept one worker under sustained concurrent load"
-    return load.answers
+    return load.results
 
 
 def test_per_worker_mode_never_scales(tmp_path: Path, demo_model_dirs: dict[str, Path]) -> None:
@@ -112,7 +102,7 @@ def test_per_worker_mode_never_scales(tmp_path: Path, demo_model_dirs: dict[str,
             # Long enough for a shared-mode server to scale several times over (1 s intervals).
             time.sleep(8)
             assert workers(server, "topic") == 1
-        assert all(status == 200 for status, _ in load.answers)
+        assert all(status == 200 for status, _ in load.results)
         assert workers(server, "topic") == 1
     assert not any(" workers (" in line for line in server.log_lines())
 

@@ -17,12 +17,13 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import psutil
 import pytest
 import requests
-from local_serving import mms_workers, serving_containers
+from local_serving import BackgroundCalls, mms_workers, serving_containers
 
 from mme.image import DOCKER
 from mme.serve_process import ServeProcess
@@ -97,36 +98,14 @@ def wait_until_served(endpoint: ServeProcess, model: str, *, within: float) -> l
     return attempts
 
 
-class Traffic:
+class Traffic(BackgroundCalls[Outcome]):
     """Clients invoking each model in a loop from their own threads until stopped."""
 
     def __init__(self, endpoint: ServeProcess, models: list[str], *, clients_per_model: int = 2) -> None:
-        self.outcomes: list[Outcome] = []
-        self._endpoint = endpoint
-        self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._run, args=(model,), daemon=True)
-            for model in models
-            for _ in range(clients_per_model)
-        ]
-
-    def _run(self, model: str) -> None:
-        while not self._stop.is_set():
-            self.outcomes.append(invoke(self._endpoint, model))
-
-    def __enter__(self) -> Traffic:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(120)
-            assert not thread.is_alive(), "a client is still waiting for an answer"
+        super().__init__([partial(invoke, endpoint, model) for model in models for _ in range(clients_per_model)])
 
     def of(self, model: str) -> list[Outcome]:
-        return [outcome for outcome in self.outcomes if outcome.model == model]
+        return [outcome for outcome in self.results if outcome.model == model]
 
 
 def freeze(pid: int) -> list[int]:

@@ -50,7 +50,7 @@ def tight(tmp_path_factory: pytest.TempPathFactory, models: dict[str, Path]) -> 
 
 
 def _host_pid(server: LocalContainer) -> int:
-    [process] = [p for p in processes_under(server.run_dir) if "handler.host" in p.cmdline()]
+    [process] = server.model_host_processes()
     return process.pid
 
 

@@ -84,7 +84,7 @@ def host_status(server: LocalContainer) -> dict[str, Any]:
 
 
 def host_process(server: LocalContainer) -> psutil.Process:
-    [process] = [p for p in processes_under(server.run_dir) if "handler.host" in p.cmdline()]
+    [process] = server.model_host_processes()
     return process
 
 

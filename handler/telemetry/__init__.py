@@ -1,0 +1,1 @@
+"""What the container tells about each model: request capture and per-model metrics (docs/observability.md)."""

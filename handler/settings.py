@@ -7,11 +7,14 @@ the same entrypoint runs on a host outside the container, with every file it wri
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from handler.telemetry.names import CAPTURE_CONTENTS, METRICS_NAMESPACE
 
 #: The handler MMS calls for every model: ``module:function`` (a function-style handler, see DESIGN.md).
 HANDLER_ENTRY_POINT = "handler.service:handle"
@@ -70,6 +73,48 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -
     if value < minimum:
         raise SettingsError(f"{name}={value} must be >= {minimum}")
     return value
+
+
+def _percent(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+    if not 0 <= value <= 100:
+        raise SettingsError(f"{name}={raw} must be between 0 and 100")
+    return value
+
+
+def _model_percent(env: Mapping[str, str], name: str) -> dict[str, float]:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return {}
+    try:
+        shares = json.loads(raw)
+    except ValueError:
+        raise SettingsError(f'{name} is not JSON; write an object like {{"sentiment.tar.gz": 5}}') from None
+    if not isinstance(shares, dict):
+        raise SettingsError(f'{name} must be a JSON object like {{"sentiment.tar.gz": 5}}')
+    checked = {}
+    for model, share in shares.items():
+        if isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share <= 100:
+            raise SettingsError(f"{name}: the share of {model!r} must be a number between 0 and 100, not {share!r}")
+        checked[str(model)] = float(share)
+    return checked
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"true", "1", "yes", "on"}:
+        return True
+    if raw in {"false", "0", "no", "off"}:
+        return False
+    raise SettingsError(f"{name}={raw!r} must be true or false")
 
 
 def _optional_path(env: Mapping[str, str], name: str) -> Path | None:
@@ -157,6 +202,44 @@ class ServingSettings:
     #: ``MME_WORKER_SCALE_INTERVAL_SECONDS`` (1): in shared mode, how often ``serve`` reads the host's per-model
     #: activity and decides each model's workers.
     worker_scale_interval_seconds: int = 1
+    #: ``MME_CAPTURE_DESTINATION`` (unset = capture off): where sampled requests are captured as JSON Lines
+    #: (docs/observability.md): ``s3://bucket/prefix/`` or a local folder. A deployed stage sets its model bucket's
+    #: ``capture/`` prefix when its ``capture_percent`` (or a per-model override) is above 0.
+    capture_destination: str = ""
+    #: ``MME_CAPTURE_PERCENT`` (100): the share of each model's requests captured, 0 to 100.
+    capture_percent: float = 100.0
+    #: ``MME_CAPTURE_MODEL_PERCENT`` (``{}``): per-model shares overriding ``MME_CAPTURE_PERCENT``, as a JSON object
+    #: (``{"sentiment.tar.gz": 5}``); 0 turns a model's capture off.
+    capture_model_percent: Mapping[str, float] = field(default_factory=dict)
+    #: ``MME_CAPTURE_CONTENT`` (``both``): what a record holds of the request: ``inputs``, ``outputs`` or ``both``.
+    capture_content: str = "both"
+    #: ``MME_CAPTURE_MAX_RECORD_BYTES`` (262144): a record's payloads are cut to fit (and marked ``truncated``).
+    capture_max_record_bytes: int = 256 * 1024
+    #: ``MME_CAPTURE_BATCH_BYTES`` (4194304) and ``MME_CAPTURE_BATCH_SECONDS`` (60): a model's records of one hour are
+    #: written as one object once they reach this size or the oldest has waited this long, whichever comes first.
+    capture_batch_bytes: int = 4 * 1024 * 1024
+    capture_batch_seconds: int = 60
+    #: ``MME_CAPTURE_BUFFER_MB`` (64): records waiting to be written, at most; a record that does not fit is dropped,
+    #: counted and logged (a slow or failing destination never slows a request).
+    capture_buffer_mb: int = 64
+    #: ``MME_CAPTURE_WRITE_ATTEMPTS`` (5): tries per object (botocore's standard retry mode with backoff on S3);
+    #: an object that still fails is dropped, counted and logged.
+    capture_write_attempts: int = 5
+    #: ``MME_CAPTURE_FLUSH_SECONDS`` (15): at SIGTERM, how long ``serve`` spends writing what is buffered, after MMS
+    #: has stopped; with MMS's own stop it fits SageMaker's 30 s.
+    capture_flush_seconds: int = 15
+    #: ``MME_CAPTURE_KMS_KEY_ID`` (unset): written objects are encrypted with this KMS key (SSE-KMS); unset, the
+    #: bucket's default encryption applies.
+    capture_kms_key_id: str = ""
+    #: ``MME_METRICS_ENABLED`` (true): per-model metrics as CloudWatch Embedded Metric Format lines on stdout.
+    metrics_enabled: bool = True
+    #: ``MME_METRICS_NAMESPACE`` (``MultiModelEndpoint/Models``) and ``MME_METRICS_ENDPOINT`` (``local``): the
+    #: metrics' namespace and the value of their ``EndpointName`` dimension (a stage sets its endpoint's name).
+    metrics_namespace: str = METRICS_NAMESPACE
+    metrics_endpoint: str = "local"
+    #: ``MME_METRICS_INTERVAL_SECONDS`` (60): one line per model per interval (CloudWatch's standard resolution);
+    #: ``mme serve`` uses 5 so its figures follow closely.
+    metrics_interval_seconds: int = 60
 
     @property
     def memory_kept_free_mb(self) -> int:
@@ -201,6 +284,9 @@ class ServingSettings:
                 f"MME_MAX_WORKERS_PER_MODEL={max_workers_per_model} must be >= "
                 f"SAGEMAKER_MODEL_SERVER_WORKERS={workers_per_model}, the workers every model starts with"
             )
+        capture_content = env.get("MME_CAPTURE_CONTENT", "").strip().lower() or "both"
+        if capture_content not in CAPTURE_CONTENTS:
+            raise SettingsError(f"MME_CAPTURE_CONTENT={capture_content!r} must be one of {', '.join(CAPTURE_CONTENTS)}")
         return cls(
             port=_int(env, "SAGEMAKER_BIND_TO_PORT", 8080, minimum=1),
             bind_host=env.get("MME_BIND_HOST", "").strip() or "0.0.0.0",  # noqa: S104
@@ -225,4 +311,19 @@ class ServingSettings:
             max_workers_per_model=max_workers_per_model,
             worker_idle_seconds=_int(env, "MME_WORKER_IDLE_SECONDS", 60, minimum=1),
             worker_scale_interval_seconds=_int(env, "MME_WORKER_SCALE_INTERVAL_SECONDS", 1, minimum=1),
+            capture_destination=env.get("MME_CAPTURE_DESTINATION", "").strip(),
+            capture_percent=_percent(env, "MME_CAPTURE_PERCENT", 100.0),
+            capture_model_percent=_model_percent(env, "MME_CAPTURE_MODEL_PERCENT"),
+            capture_content=capture_content,
+            capture_max_record_bytes=_int(env, "MME_CAPTURE_MAX_RECORD_BYTES", 256 * 1024, minimum=1024),
+            capture_batch_bytes=_int(env, "MME_CAPTURE_BATCH_BYTES", 4 * 1024 * 1024, minimum=1),
+            capture_batch_seconds=_int(env, "MME_CAPTURE_BATCH_SECONDS", 60, minimum=1),
+            capture_buffer_mb=_int(env, "MME_CAPTURE_BUFFER_MB", 64, minimum=1),
+            capture_write_attempts=_int(env, "MME_CAPTURE_WRITE_ATTEMPTS", 5, minimum=1),
+            capture_flush_seconds=_int(env, "MME_CAPTURE_FLUSH_SECONDS", 15),
+            capture_kms_key_id=env.get("MME_CAPTURE_KMS_KEY_ID", "").strip(),
+            metrics_enabled=_bool(env, "MME_METRICS_ENABLED", True),
+            metrics_namespace=env.get("MME_METRICS_NAMESPACE", "").strip() or METRICS_NAMESPACE,
+            metrics_endpoint=env.get("MME_METRICS_ENDPOINT", "").strip() or "local",
+            metrics_interval_seconds=_int(env, "MME_METRICS_INTERVAL_SECONDS", 60, minimum=1),
         )

@@ -11,7 +11,6 @@ gives the rule and what MMS does on a scale-down.
 
 from __future__ import annotations
 
-import http.client
 import logging
 import threading
 import time
@@ -20,6 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 from handler.host.client import ModelHostClient, ModelHostUnavailableError
+from handler.mms_management import mms_call
 from handler.settings import ServingSettings, model_host_socket
 
 logger = logging.getLogger(__name__)
@@ -30,8 +30,6 @@ logger = logging.getLogger(__name__)
 BUSY_FRACTION = 0.5
 #: A scale-up asked for is not asked again for this long while its workers start (MMS answers 202 at once).
 PENDING_SECONDS = 10.0
-#: Every call to MMS's management API gives up after this long; a slow answer is retried at the next interval.
-MMS_CALL_TIMEOUT_SECONDS = 10.0
 #: How long stopping waits for the scaler's thread to finish a call in progress.
 STOP_WAIT_SECONDS = 1.0
 
@@ -84,9 +82,6 @@ class WorkerScaler:
         self._host_pid: int | None = None
         self._seen: dict[str, _Seen] = {}
         self._asked: dict[str, tuple[int, float]] = {}
-        # Loopback when MMS listens on every interface: the container talks to itself.
-        bind_host = settings.bind_host
-        self._mms_host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(bind_host, bind_host)  # noqa: S104
         self._host = ModelHostClient(model_host_socket(settings.run_dir), connect_timeout=5, call_timeout=10)
 
     def start(self) -> None:
@@ -208,12 +203,4 @@ class WorkerScaler:
         interval sees them as leases on the host.
         """
         path = f"/models/{quote(name, safe='')}?min_worker={workers}&max_worker={workers}&synchronous=false"
-        connection = http.client.HTTPConnection(self._mms_host, self.settings.port, timeout=MMS_CALL_TIMEOUT_SECONDS)
-        try:
-            connection.request("PUT", path)
-            answer = connection.getresponse()
-            return answer.status, answer.read().decode("utf-8", "replace")
-        except (OSError, http.client.HTTPException) as error:
-            return f"unreachable ({type(error).__name__}: {error})", ""
-        finally:
-            connection.close()
+        return mms_call(self.settings, "PUT", path)

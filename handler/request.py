@@ -6,13 +6,35 @@ shared model host in :mod:`handler.host.server`), so the same request gets the s
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from handler.codec import decode_request, encode_response, response_type
+from handler.codec import Prediction, decode_request, encode_response, response_type
 from handler.manifest import ResponseFormat
 
 if TYPE_CHECKING:
     from handler.model import TextClassifier
+
+
+@runtime_checkable
+class BatchingPredictor(Protocol):
+    """A classifier that may answer texts in a model call with other callers' texts (the model host's batcher)."""
+
+    def predict_in_batch(self, texts: Sequence[str]) -> tuple[list[Prediction], int]:
+        """The predictions of ``texts``, and how many texts the model call held."""
+        ...
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One request's response body and media type, with the time its model call took and the texts it held."""
+
+    body: bytes
+    content_type: str
+    model_seconds: float
+    batch_size: int
 
 
 def answer_request(
@@ -22,8 +44,8 @@ def answer_request(
     accept: str | None,
     *,
     max_texts: int,
-) -> tuple[bytes, str]:
-    """The response body and its media type for one request.
+) -> Answer:
+    """The answer to one request.
 
     Raises:
         HandlerError: bad input (400), an unsupported ``content_type`` (415) or ``accept`` (406).
@@ -31,6 +53,12 @@ def answer_request(
     """
     decoded = decode_request(body, content_type, max_texts=max_texts)
     accept_type = response_type(accept, decoded)
-    predictions = classifier.predict(decoded.texts)
+    started = time.perf_counter()
+    if isinstance(classifier, BatchingPredictor):
+        predictions, batch_size = classifier.predict_in_batch(decoded.texts)
+    else:
+        predictions, batch_size = classifier.predict(decoded.texts), len(decoded.texts)
+    model_seconds = time.perf_counter() - started
     raw = classifier.response_format is ResponseFormat.RAW
-    return encode_response(predictions, decoded, accept_type, raw=raw), accept_type
+    body = encode_response(predictions, decoded, accept_type, raw=raw)
+    return Answer(body, accept_type, model_seconds, batch_size)

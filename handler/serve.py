@@ -71,6 +71,8 @@ def mms_environment(settings: ServingSettings) -> dict[str, str]:
 
 #: The entrypoint's exit status when MMS dies under it (2 is a malformed setting).
 MMS_DIED_EXIT_STATUS = 3
+#: Set once MMS has stopped on a request to stop (SIGTERM), so that :func:`watch_mms` lets ``serve`` finish its exit.
+MMS_STOPPED = threading.Event()
 #: MMS's launcher records the Java process's pid here, in its temp folder (``TMPDIR``, the run folder's tmp/).
 MMS_PID_FILE = ".model_server.pid"
 
@@ -83,7 +85,8 @@ def watch_mms(
     sagemaker-inference waits on MMS's Java process, but it finds that process by polling once a second: when MMS
     dies before it is found, the toolkit polls on for its whole start-up timeout, and the container looks alive
     while serving nothing. MMS's launcher records Java's pid in ``pid_file``; once that process is gone, a normal
-    stop (SIGTERM) ends this process within the grace period, and anything else is a death that is made visible:
+    stop (SIGTERM) sets :data:`MMS_STOPPED` within the grace period (``serve`` then flushes and exits), and anything
+    else is a death that is made visible:
     a log line and exit status :data:`MMS_DIED_EXIT_STATUS`, so the platform (or ``mme serve``) replaces it.
     """
     deadline = time.monotonic() + startup_seconds
@@ -95,7 +98,8 @@ def watch_mms(
         pid = _recorded_pid(pid_file)
     while _running(pid):
         time.sleep(every_seconds)
-    time.sleep(grace_seconds)
+    if MMS_STOPPED.wait(grace_seconds):
+        return
     _exit_because(f"MMS (pid {pid}) exited")
 
 
@@ -150,6 +154,8 @@ def main() -> None:
     # MMS resolves its logs relative to the working directory.
     os.chdir(settings.run_dir)
 
+    # First registered, so it stops last: after MMS, its workers and the model host, nothing more can be reported.
+    _start_telemetry(settings)
     if settings.model_host == SHARED:
         _start_model_host(settings)
         _start_worker_scaler(settings)
@@ -167,6 +173,8 @@ def main() -> None:
     # Our own lookup of the process to wait on and stop (own_mms_process says why).
     model_server._retrieve_mms_server_process = lambda: own_mms_process(pid_file)
     model_server.start_model_server(handler_service=handler_entry_point(settings))
+    # MMS stopped because serve was asked to stop (SIGTERM): what follows (flushing capture) is no death.
+    MMS_STOPPED.set()
 
 
 def _start_model_host(settings: ServingSettings) -> None:
@@ -181,6 +189,17 @@ def _start_model_host(settings: ServingSettings) -> None:
     except ModelHostNotReadyError as error:
         supervisor.stop()
         _exit_because(str(error))
+
+
+def _start_telemetry(settings: ServingSettings) -> None:
+    """Per-model metrics and request capture (docs/observability.md): the collector the workers report to."""
+    from handler.telemetry.collector import TelemetryCollector
+
+    if not settings.telemetry_enabled:
+        return
+    collector = TelemetryCollector(settings)
+    atexit.register(collector.stop)
+    collector.start()
 
 
 def _start_worker_scaler(settings: ServingSettings) -> None:

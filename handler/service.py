@@ -8,6 +8,8 @@ JSON body and that status; the worker keeps serving. A ``MemoryError`` propagate
 from __future__ import annotations
 
 import logging
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from handler.mms_request import leave_load_error, reason_phrase, request_body, r
 from handler.model import TextClassifier, find_saved_model, load_model_dir
 from handler.request import answer_request
 from handler.settings import ServingSettings, load_error_file
+from handler.telemetry.reporter import report_request, reporter
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +43,13 @@ def _load(context: Any) -> None:
     model_name = str(getattr(context, "model_name", model_dir.name))
     # While it loads, this worker is the OOM killer's first choice: a misjudged load must not take a serving model.
     offer_to_oom_killer(LOADING_OOM_SCORE_ADJ)
+    started = time.perf_counter()
     try:
         if model_dir.is_dir():
             check_room_for(find_saved_model(model_dir), reserve_mb=_settings.load_memory_reserve_mb)
         _classifier = load_model_dir(model_dir, _settings)
         offer_to_oom_killer(SERVING_OOM_SCORE_ADJ)
+        reporter(_settings).load(model_name, time.perf_counter() - started, ok=True)
     except ModelOutOfMemoryError as error:
         refusal = beyond_total_memory(error)
         _report_load_error(model_name, str(refusal), exceeds_total_memory=isinstance(refusal, ModelTooLargeError))
@@ -76,25 +81,43 @@ def handle(data: list[dict[str, Any]] | None, context: Any) -> list[bytes] | Non
     if _classifier is None or _settings is None:
         _load(context)
     classifier, settings = _classifier, _settings
+    model_name = str(getattr(context, "model_name", ""))
     assert classifier is not None
     assert settings is not None
     responses: list[bytes] = []
     for index, request in enumerate(data):
+        received, started = datetime.now(UTC), time.perf_counter()
         headers = request_headers(context, index)
+        status, model_seconds, batch_size = 200, None, None
         try:
-            body, content_type = answer_request(
+            answer = answer_request(
                 classifier,
                 request_body(request),
                 headers.get("content-type"),
                 headers.get("accept"),
                 max_texts=settings.max_texts_per_request,
             )
+            body, content_type = answer.body, answer.content_type
+            model_seconds, batch_size = answer.model_seconds, answer.batch_size
         except HandlerError as error:
             # Not the message: it may quote the request, and logs never hold request text.
             logger.info("request %d rejected with %d (%s)", index, error.status, type(error).__name__)
+            status = error.status
             context.set_response_status(error.status, reason_phrase(error.message), index)
             body, content_type = encode_error(error.message), "application/json"
+        except ModelOutOfMemoryError:
+            # MMS answers 507 for the whole batch; the figures still count it.
+            report_request(
+                settings, model_name=model_name, headers=headers, body=request_body(request), status=507,
+                response=b"", response_type=None, received=received, started=started,
+            )  # fmt: skip
+            raise
         context.set_response_content_type(index, content_type)
+        report_request(
+            settings, model_name=model_name, headers=headers, body=request_body(request), status=status,
+            response=body, response_type=content_type, received=received, started=started,
+            model_seconds=model_seconds, batch_size=batch_size,
+        )  # fmt: skip
         # No response headers, on purpose (so X-Amzn-SageMaker-Custom-Attributes is not echoed): MMS 1.1.11's front
         # end decodes a worker's header map without waiting for all of it (CodecUtils.readMap ignores a buffer
         # under-run), so a map that straddles a socket read kills the worker, which happened from about 440

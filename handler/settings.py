@@ -37,6 +37,15 @@ def model_host_socket(run_dir: Path) -> Path:
     return run_dir / MODEL_HOST_SOCKET
 
 
+#: Under the run folder: the Unix socket ``serve``'s telemetry collector listens on for the workers' reports.
+TELEMETRY_SOCKET = "telemetry.sock"
+
+
+def telemetry_socket(run_dir: Path) -> Path:
+    """The Unix socket the handlers report each request and load to (:mod:`handler.telemetry.collector`)."""
+    return run_dir / TELEMETRY_SOCKET
+
+
 # MMS puts each worker's Unix socket at <run dir>/tmp/.mms.sock.<port>; Linux caps a socket path at 107 bytes.
 _SOCKET_SUFFIX = "/tmp/.mms.sock.65535"  # noqa: S108 - a path inside the run dir, not /tmp
 _UNIX_SOCKET_PATH_MAX = 107
@@ -252,6 +261,17 @@ class ServingSettings:
         """Copies of a loaded model, each with the memory it costs: one per worker in per-worker mode; one in shared
         mode, whose workers are thin forwarders."""
         return self.workers_per_model if self.model_host == PER_WORKER else 1
+
+    @property
+    def telemetry_enabled(self) -> bool:
+        """Whether the handlers report requests at all: metrics are on, or something is captured."""
+        return self.metrics_enabled or bool(self.capture_destination)
+
+    def capture_percent_of(self, model: str) -> float:
+        """The share of ``model``'s requests captured, 0 to 100 (0 when capture is off)."""
+        if not self.capture_destination:
+            return 0.0
+        return self.capture_model_percent.get(model, self.capture_percent)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServingSettings:

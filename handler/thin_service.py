@@ -11,14 +11,18 @@ model again from the folder it was first loaded from; every wait on the host is 
 from __future__ import annotations
 
 import logging
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from handler.codec import encode_error
 from handler.errors import HandlerError, ModelLoadError, ModelOutOfMemoryError, ModelTooLargeError
 from handler.host.client import ModelHostClient, ModelHostUnavailableError
+from handler.host.protocol import Message
 from handler.mms_request import leave_load_error, reason_phrase, request_body, request_headers
 from handler.settings import ServingSettings, load_error_file, model_host_socket
+from handler.telemetry.reporter import report_request, reporter
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +59,9 @@ class _Lease:
         if answer.status != 200:
             raise ModelLoadError(answer.message or f"the model host answered {answer.status}")
 
-    def answer(self, body: Any, content_type: str | None, accept: str | None) -> tuple[int, bytes, str, str]:
-        """Status, body, content type and message of the host's answer to one request.
+    def answer(self, body: Any, content_type: str | None, accept: str | None) -> Message:
+        """The host's answer to one request: its status, ``content_type``, ``model_seconds``, ``batch_size``, and the
+        body as payload (errors: ``message``).
 
         Raises:
             ModelHostUnavailableError: the host died under the request, did not answer in time, or (restarting)
@@ -82,7 +87,7 @@ class _Lease:
             answer = self.client.call(request, payload)
         if answer.status == ModelOutOfMemoryError.status:
             raise ModelOutOfMemoryError(answer.message)
-        return answer.status, answer.payload, str(answer.fields.get("content_type", "")), answer.message
+        return answer
 
 
 _lease: _Lease | None = None
@@ -95,6 +100,7 @@ def _load(context: Any) -> _Lease:
     model_dir = Path(context.system_properties["model_dir"])
     model_name = str(getattr(context, "model_name", model_dir.name))
     lease = _Lease(settings, model_name, model_dir)
+    started = time.perf_counter()
     try:
         try:
             lease.load()
@@ -107,6 +113,7 @@ def _load(context: Any) -> _Lease:
         leave_load_error(load_error_file(settings.run_dir, model_name), reason, exceeds_total_memory=too_large)
         lease.client.close()
         raise
+    reporter(settings).load(model_name, time.perf_counter() - started, ok=True)
     _lease = lease
     return lease
 
@@ -124,11 +131,14 @@ def handle(data: list[dict[str, Any]] | None, context: Any) -> list[bytes] | Non
     lease = _lease or _load(context)
     responses: list[bytes] = []
     for index, request in enumerate(data):
+        received, started = datetime.now(UTC), time.perf_counter()
         headers = request_headers(context, index)
+        model_seconds = batch_size = None
         try:
-            status, body, content_type, message = lease.answer(
-                request_body(request), headers.get("content-type"), headers.get("accept")
-            )
+            answer = lease.answer(request_body(request), headers.get("content-type"), headers.get("accept"))
+            status, body, message = answer.status, answer.payload, answer.message
+            content_type = str(answer.fields.get("content_type", ""))
+            model_seconds, batch_size = answer.fields.get("model_seconds"), answer.fields.get("batch_size")
         except ModelHostUnavailableError as error:
             logger.error("request %d for %s failed: %s", index, lease.model_name, error)
             status, message = HOST_UNAVAILABLE_STATUS, f"the model host is unavailable, retry: {error}"
@@ -137,6 +147,10 @@ def handle(data: list[dict[str, Any]] | None, context: Any) -> list[bytes] | Non
             logger.error("request %d for %s failed: %s", index, lease.model_name, error.message)
             status, message = error.status, error.message
             body, content_type = encode_error(message), "application/json"
+        except ModelOutOfMemoryError:
+            # MMS answers 507 for the whole batch; the figures still count it.
+            _report(lease, headers, request, 507, b"", None, received, started)
+            raise
         if status != 200:
             context.set_response_status(status, reason_phrase(message), index)
             if not body:
@@ -144,4 +158,32 @@ def handle(data: list[dict[str, Any]] | None, context: Any) -> list[bytes] | Non
         context.set_response_content_type(index, content_type)
         # No response headers, on purpose: see handler/service.py.
         responses.append(body)
+        _report(lease, headers, request, status, body, content_type, received, started, model_seconds, batch_size)
     return responses
+
+
+def _report(
+    lease: _Lease,
+    headers: dict[str, str],
+    request: dict[str, Any],
+    status: int,
+    body: bytes,
+    content_type: str | None,
+    received: datetime,
+    started: float,
+    model_seconds: float | None = None,
+    batch_size: int | None = None,
+) -> None:
+    report_request(
+        lease.settings,
+        model_name=lease.model_name,
+        headers=headers,
+        body=request_body(request),
+        status=status,
+        response=body,
+        response_type=content_type,
+        received=received,
+        started=started,
+        model_seconds=model_seconds,
+        batch_size=batch_size,
+    )

@@ -41,7 +41,7 @@ from mme.errors import (
     ServiceUnavailableError,
     ValidationError,
 )
-from mme.metrics import EndpointMetrics
+from mme.metrics import MAX_MODEL_LABELS, EmfFollower, EndpointMetrics
 from mme.models import CachePolicy, ModelCache
 from mme.store import ModelStore, StoreError, validate_key
 
@@ -49,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 TARGET_MODEL = "X-Amzn-SageMaker-Target-Model"
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
+REQUEST_ID = "X-Amzn-RequestId"
 INVOKED_VARIANT = "x-Amzn-Invoked-Production-Variant"
 #: SageMaker's payload limit for a real-time invocation, in MB (``SAGEMAKER_MAX_PAYLOAD_IN_MB``).
 MAX_PAYLOAD_MB = 6
@@ -89,6 +90,8 @@ class EndpointConfig:
     - ``invocation_timeout_seconds`` (default 60, SageMaker's): how long the container may take to answer an
       invocation of a loaded model; then the caller gets SageMaker's ``ModelError`` with status 0 ("timed out").
     - ``shutdown_grace_seconds`` (default 20): after SIGTERM, how long in-flight requests may take to finish.
+    - ``metrics_max_models`` (default 50): target models with a ``model`` label of their own in ``GET /metrics``;
+      later ones are folded into ``other``.
     """
 
     store: ModelStore
@@ -103,6 +106,7 @@ class EndpointConfig:
     max_payload_bytes: int = MAX_PAYLOAD_MB * 1024 * 1024
     invocation_timeout_seconds: float = INVOCATION_TIMEOUT_SECONDS
     shutdown_grace_seconds: float = SHUTDOWN_GRACE_SECONDS
+    metrics_max_models: int = MAX_MODEL_LABELS
 
 
 def _error_response(error: SageMakerError, request_id: str) -> web.Response:
@@ -134,7 +138,7 @@ class LocalEndpoint:
 
     def __init__(self, config: EndpointConfig) -> None:
         self.config = config
-        self.metrics = EndpointMetrics()
+        self.metrics = EndpointMetrics(max_models=config.metrics_max_models)
         self.container = config.container or LocalContainer(
             config.run_dir / "container", environment=config.container_environment
         )
@@ -146,6 +150,7 @@ class LocalEndpoint:
             metrics=self.metrics,
         )
         self._restart_lock = asyncio.Lock()
+        self.metrics.track_loaded(lambda: list(self.cache.loaded))
 
     def application(self) -> web.Application:
         """The aiohttp application; its lifecycle starts and stops the container."""
@@ -160,6 +165,7 @@ class LocalEndpoint:
     async def _lifecycle(self, app: web.Application) -> AsyncIterator[None]:
         logger.info("starting the model container (MMS) under %s", self.container.run_dir)
         await asyncio.to_thread(self.container.start)
+        emf = EmfFollower(self.container.log_file, self.metrics.take_emf).start()
         async with self.cache:
             supervisor = asyncio.create_task(self._supervise(), name="supervise container")
             try:
@@ -169,6 +175,8 @@ class LocalEndpoint:
                 with contextlib.suppress(asyncio.CancelledError):
                     await supervisor
         await asyncio.to_thread(self.container.stop)
+        emf.stop()
+        emf.read_new_lines()  # the last period, written as the container stopped
         logger.info("model container stopped")
 
     async def _supervise(self) -> None:
@@ -226,19 +234,21 @@ class LocalEndpoint:
         key = request.headers.get(TARGET_MODEL, "")
         started = time.monotonic()
         try:
-            response = await self._invoke(request, key)
+            response = await self._invoke(request, key, request_id)
         except SageMakerError as error:
-            self.metrics.errors.labels(model=key or "-", error=error.code).inc()
+            status = error.status
             if isinstance(error, ModelError):
+                # The model's own status says whose fault it was (0: it did not answer in time).
+                status = error.original_status if error.original_status >= 400 else 504
                 # Not the message: the container's answer may quote the request, and logs never hold request text.
                 logger.info("%s -> %s %d", key, error.code, error.original_status)
+            self.metrics.invocation(key or "-", time.monotonic() - started, status=status, error=error.code)
             return _error_response(error, request_id)
-        self.metrics.invocations.labels(model=key).inc()
-        self.metrics.latency_seconds.labels(model=key).observe(time.monotonic() - started)
+        self.metrics.invocation(key, time.monotonic() - started)
         response.headers["x-amzn-RequestId"] = request_id
         return response
 
-    async def _invoke(self, request: web.Request, key: str) -> web.Response:
+    async def _invoke(self, request: web.Request, key: str, request_id: str) -> web.Response:
         endpoint_name = request.match_info["endpoint_name"]
         if endpoint_name != self.config.endpoint_name:
             raise ValidationError(
@@ -262,7 +272,13 @@ class LocalEndpoint:
             raise RequestTimeoutError(
                 f"the request body did not arrive within {self.config.body_timeout_seconds:g} s of its headers"
             ) from None
-        headers = {"Content-Type": request.headers.get("Content-Type", "application/octet-stream")}
+        # As SageMaker's front end does: the container learns the target model (MMS's model name is a hash) and,
+        # here, the request's id, which its captured records carry.
+        headers = {
+            "Content-Type": request.headers.get("Content-Type", "application/octet-stream"),
+            TARGET_MODEL: key,
+            REQUEST_ID: request_id,
+        }
         for name in ("Accept", CUSTOM_ATTRIBUTES):
             if name in request.headers:
                 headers[name] = request.headers[name]

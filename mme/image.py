@@ -59,6 +59,7 @@ class ImageContainer(LocalContainer):
 
     - ``memory`` (default: no limit): the container's memory limit (``docker run --memory``), swap included.
     - ``mounts``: more read-only folders, host path -> path in the container (a default tokenizer, for example).
+    - ``writable_mounts``: folders the container writes, likewise (``mme serve --capture DIR``).
     """
 
     def __init__(
@@ -71,6 +72,7 @@ class ImageContainer(LocalContainer):
         environment: Mapping[str, str] | None = None,
         memory: str | None = None,
         mounts: Mapping[Path, str] | None = None,
+        writable_mounts: Mapping[Path, str] | None = None,
         startup_timeout: float = 180.0,
     ) -> None:
         super().__init__(run_dir, port=port, environment=environment, startup_timeout=startup_timeout)
@@ -79,6 +81,7 @@ class ImageContainer(LocalContainer):
         self.models_root = models_root.resolve()
         self.memory = memory
         self.mounts = {Path(host).resolve(): target for host, target in (mounts or {}).items()}
+        self.writable_mounts = {Path(host).resolve(): target for host, target in (writable_mounts or {}).items()}
         self.name = f"mme-serving-{uuid.uuid4().hex[:12]}"
         self._init_pid: int | None = None
         # The container's charge with no model worker running (see models_memory_bytes).
@@ -117,6 +120,8 @@ class ImageContainer(LocalContainer):
                    "--volume", f"{load_errors}:{CONTAINER_RUN_DIR / LOAD_ERRORS_FOLDER}"]  # fmt: skip
         for host, target in self.mounts.items():
             command += ["--volume", f"{host}:{target}:ro"]
+        for host, target in self.writable_mounts.items():
+            command += ["--volume", f"{host}:{target}"]
         for name, value in environment.items():
             command += ["--env", f"{name}={value}"]
         if self.memory is not None:

@@ -249,7 +249,7 @@ class ModelCache:
                 )
                 raise ModelError(message, original_status=0, original_message=message) from None
             elapsed = time.monotonic() - started
-            self.metrics.load_seconds.observe(elapsed)
+            self.metrics.load_seconds.labels(model=self.metrics.model_label(key)).observe(elapsed)
             self.metrics.loads.inc()
             model = LoadedModel(key=key, name=name, path=path)
             self._loaded[key] = model

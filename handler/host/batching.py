@@ -54,7 +54,8 @@ class BatchCounts:
 class _Request:
     texts: list[str]
     arrived: float
-    answer: Future[list[Prediction]]
+    #: The request's predictions, and the texts of the model call that made them.
+    answer: Future[tuple[list[Prediction], int]]
 
 
 class BatchingClassifier:
@@ -137,13 +138,17 @@ class BatchingClassifier:
                 that batch gets it); likewise any other error of that model call.
             BatcherClosedError: the model was unloaded.
         """
+        return self.predict_in_batch(texts)[0]
+
+    def predict_in_batch(self, texts: Sequence[str]) -> tuple[list[Prediction], int]:
+        """:meth:`predict`, and how many texts the model call that answered them held (these and other callers')."""
         texts = list(texts)
         if not self._threads:
             if self._closed:
                 raise BatcherClosedError("the model was unloaded")
             predictions = self.classifier.predict(texts)
             self._count(len(texts))
-            return predictions
+            return predictions, len(texts)
         request = _Request(texts, time.monotonic(), Future())
         with self._condition:
             if self._closed:
@@ -231,5 +236,5 @@ class BatchingClassifier:
         self._count(len(texts))
         start = 0
         for request in batch:
-            request.answer.set_result(predictions[start : start + len(request.texts)])
+            request.answer.set_result((predictions[start : start + len(request.texts)], len(texts)))
             start += len(request.texts)

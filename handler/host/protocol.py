@@ -12,7 +12,8 @@ Requests and their answers (every answer has ``status``, an HTTP status; errors 
   folder is not servable, 507 out of memory. The load is a lease held by the connection: when the connection
   closes (the worker exited or was killed), the lease ends, and the model is unloaded when no lease is left.
 - ``{"op": "predict", "model": NAME, "content_type": ..., "accept": ..., "has_body": bool}`` + the request body:
-  200 with ``content_type`` + the response body; 400/406/415 bad input, 404 not loaded on this connection, 507 out
+  200 with ``content_type``, ``model_seconds`` (the model call's time) and ``batch_size`` (the texts that call
+  held) + the response body; 400/406/415 bad input, 404 not loaded on this connection, 507 out
   of memory, 503 the host failed on this request.
 - ``{"op": "unload", "model": NAME}``: ends this connection's lease; 200, or 404 if it held none.
 - ``{"op": "status"}``: 200 with ``pid`` and ``models`` (name -> ``{"model_dir", "leases"}``).

@@ -225,7 +225,7 @@ class ModelHost:
         if key is None or classifier is None:
             return _error(404, f"model {request.fields.get('model')} is not loaded on this connection")
         try:
-            body, content_type = answer_request(
+            answer = answer_request(
                 classifier,
                 request.payload if request.fields.get("has_body", True) else None,
                 request.fields.get("content_type"),
@@ -242,7 +242,13 @@ class ModelHost:
         except Exception as error:
             logger.exception("predicting with model %s failed", key[0])
             return _error(503, f"the model host failed on this request ({type(error).__name__}); see its log")
-        return {"status": 200, "content_type": content_type}, body
+        fields = {
+            "status": 200,
+            "content_type": answer.content_type,
+            "model_seconds": answer.model_seconds,
+            "batch_size": answer.batch_size,
+        }
+        return fields, answer.body
 
 
 class _ConnectionHandler(socketserver.BaseRequestHandler):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import os
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -16,6 +17,7 @@ from mme.archive import ARCHIVE_SUFFIX
 from mme.cli import app, error_message
 from mme.cli.output import environment_pairs, fail, parse_size
 from mme.endpoint import BODY_TIMEOUT_SECONDS, INVOCATION_TIMEOUT_SECONDS, SHUTDOWN_GRACE_SECONDS
+from mme.metrics import MAX_MODEL_LABELS
 from mme.models import LOAD_TIMEOUT_SECONDS, TOO_LARGE_SECONDS
 
 if TYPE_CHECKING:
@@ -25,6 +27,18 @@ DEFAULT_CACHE_DIR = Path.home() / ".cache" / "mme"
 #: Where the image keeps its default tokenizer (container/Dockerfile; the CDK stage setting default_tokenizer).
 IMAGE_DEFAULT_TOKENIZER = "/opt/mme/default-tokenizer"
 _LONGEST_TEMP_BASE = 40
+#: ``MME_METRICS_INTERVAL_SECONDS`` for ``mme serve``'s container: its per-model figures follow within seconds.
+LOCAL_METRICS_INTERVAL_SECONDS = 5
+#: What an image container capturing to S3 needs of this command's environment.
+AWS_VARIABLES = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+)
 
 
 class ModelCacheSetting(enum.StrEnum):
@@ -193,6 +207,20 @@ def serve(
     memory: Annotated[
         str | None, typer.Option(help="With --image: the container's memory limit, e.g. 2g (docker run --memory).")
     ] = None,
+    capture: Annotated[
+        str | None,
+        typer.Option(
+            help="Capture requests as JSON Lines into this folder or s3://bucket/prefix/, as a deployed stage does "
+            "(docs/observability.md); the share captured is MME_CAPTURE_PERCENT (default 100), per model "
+            "MME_CAPTURE_MODEL_PERCENT, set with --container-env.",
+        ),
+    ] = None,
+    metrics_max_models: Annotated[
+        int,
+        typer.Option(
+            min=1, help='Models with a label of their own in GET /metrics; the rest are folded into model="other".'
+        ),
+    ] = MAX_MODEL_LABELS,
 ) -> None:
     """Run a local multi-model endpoint with SageMaker's runtime API, backed by the real container software."""
     from handler.settings import ServingSettings, SettingsError
@@ -207,6 +235,11 @@ def serve(
     budget = parse_size(memory_budget) if memory_budget is not None else None
     cache_bytes = parse_size(max_cache_size) if max_cache_size is not None else DEFAULT_MAX_CACHE_BYTES
     environment = environment_pairs(container_env or [])
+    if capture is not None:
+        environment["MME_CAPTURE_DESTINATION"] = capture_destination(capture)
+    # The container's per-model figures, every few seconds here (60 s on AWS), named after this endpoint.
+    environment.setdefault("MME_METRICS_INTERVAL_SECONDS", str(LOCAL_METRICS_INTERVAL_SECONDS))
+    environment.setdefault("MME_METRICS_ENDPOINT", endpoint_name)
     try:
         # The container's own settings, read the way it reads them: the body limit is the same on both sides.
         container_settings = ServingSettings.from_env(environment)
@@ -246,6 +279,7 @@ def serve(
             max_payload_bytes=container_settings.max_payload_mb * 1024 * 1024,
             invocation_timeout_seconds=invocation_timeout_seconds,
             shutdown_grace_seconds=shutdown_grace_seconds,
+            metrics_max_models=metrics_max_models,
             container=_image_container(
                 image, run_dir=Path(run_dir), cache_dir=cache_dir, environment=environment, memory=memory,
                 default_tokenizer=default_tokenizer,
@@ -280,6 +314,10 @@ def _image_container(
 
     models_root = cache_dir / "models"
     models_root.mkdir(parents=True, exist_ok=True)
+    capture = environment.get("MME_CAPTURE_DESTINATION", "")
+    if capture.startswith("s3://"):
+        # The container writes to S3 with the credentials (and endpoint) this command runs with.
+        environment = {**environment, **{name: value for name, value in os.environ.items() if name in AWS_VARIABLES}}
     return ImageContainer(
         run_dir / "container",
         image=image,
@@ -287,4 +325,27 @@ def _image_container(
         environment=environment,
         memory=memory,
         mounts={default_tokenizer: IMAGE_DEFAULT_TOKENIZER} if default_tokenizer else None,
+        # A captured folder is written at the same path inside the container as here.
+        writable_mounts={Path(capture): capture} if capture and not capture.startswith("s3://") else None,
     )
+
+
+def capture_destination(capture: str) -> str:
+    """``--capture``'s value as the container's ``MME_CAPTURE_DESTINATION``: an ``s3://bucket/prefix/`` URL as given,
+    or a folder made absolute, created and checked writable. Raises the CLI's error when it is neither."""
+    if capture.startswith("s3://"):
+        bucket = capture.removeprefix("s3://").partition("/")[0]
+        if not bucket:
+            raise fail(f"--capture {capture}: name a bucket, e.g. s3://my-bucket/capture/")
+        return capture
+    if "://" in capture:
+        raise fail(f"--capture {capture}: give a folder or an s3://bucket/prefix/ URL")
+    folder = Path(capture).expanduser().resolve()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-check-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise fail(f"--capture {capture}: cannot write there ({error.strerror or error})") from None
+    return str(folder)

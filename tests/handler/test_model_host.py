@@ -85,7 +85,8 @@ def test_host_answers_exactly_as_the_per_worker_handler(
         for name, model_dir in demo_model_dirs.items():
             assert load(client, name, model_dir) == 200
             for body, content_type, accept in REQUESTS:
-                expected, expected_type = answer_request(in_process[name], body, content_type, accept, max_texts=64)
+                expected_answer = answer_request(in_process[name], body, content_type, accept, max_texts=64)
+                expected, expected_type = expected_answer.body, expected_answer.content_type
                 answer = predict(client, name, body, content_type, accept)
                 assert answer.status == 200
                 assert answer.fields["content_type"] == expected_type

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import http.client
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Generic, TypeVar
+from urllib.parse import urlsplit
 
 import psutil
 
@@ -84,3 +88,65 @@ class BackgroundCalls(Generic[T]):
         for thread in self._threads:
             thread.join(120)
             assert not thread.is_alive(), "a client is still waiting for an answer"
+
+
+class FaultyProxy:
+    """An HTTP proxy on loopback in front of ``target`` (a moto server) that fails or delays requests: the first
+    ``fail_first`` requests (every one when ``fail_first`` is None) get a 500 with an S3 error body, and every request
+    that is forwarded waits ``delay_seconds`` first. ``requests`` counts what it was sent."""
+
+    def __init__(self, target: str, *, fail_first: int | None = 0, delay_seconds: float = 0.0) -> None:
+        self.target = urlsplit(target)
+        self.fail_first = fail_first
+        self.delay_seconds = delay_seconds
+        self.requests = 0
+        self.failed = 0
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _any(self) -> None:
+                with proxy._lock:
+                    proxy.requests += 1
+                    fail = proxy.fail_first is None or proxy.failed < proxy.fail_first
+                    proxy.failed += int(fail)
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if fail:
+                    error = b"<Error><Code>InternalError</Code><Message>injected</Message></Error>"
+                    self.send_response(500)
+                    self.send_header("Content-Length", str(len(error)))
+                    self.end_headers()
+                    self.wfile.write(error)
+                    return
+                time.sleep(proxy.delay_seconds)
+                connection = http.client.HTTPConnection(proxy.target.hostname, proxy.target.port, timeout=60)
+                headers = {name: value for name, value in self.headers.items() if name.lower() != "host"}
+                headers["Host"] = proxy.target.netloc
+                connection.request(self.command, self.path, body=body, headers=headers)
+                answer = connection.getresponse()
+                data = answer.read()
+                self.send_response(answer.status)
+                for name, value in answer.getheaders():
+                    if name.lower() not in ("transfer-encoding", "content-length", "connection"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                connection.close()
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _any  # noqa: N815 - http.server's names
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FaultyProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()

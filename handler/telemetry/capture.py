@@ -130,6 +130,7 @@ class CaptureWriter:
         self._clock = clock
         self._lock = threading.Condition()
         self._groups: dict[tuple[str, str], _Group] = {}
+        self._full: list[_Group] = []
         self._buffered = 0
         self._counts = CaptureCounts()
         self._closing = False
@@ -161,6 +162,8 @@ class CaptureWriter:
             self._buffered += len(line)
             self._count(records=1)
             if group.size >= self._batch_bytes:
+                # Full: sealed, so the model's next record starts the next object.
+                self._full.append(self._groups.pop((model, folder)))
                 self._lock.notify()
         return True
 
@@ -170,12 +173,9 @@ class CaptureWriter:
 
     def _due(self, *, everything: bool) -> list[_Group]:
         now = self._clock()
-        due = [
-            key
-            for key, group in self._groups.items()
-            if everything or group.size >= self._batch_bytes or now - group.started >= self._batch_seconds
-        ]
-        groups = [self._groups.pop(key) for key in due]
+        due = [key for key, group in self._groups.items() if everything or now - group.started >= self._batch_seconds]
+        groups = [*self._full, *(self._groups.pop(key) for key in due)]
+        self._full = []
         self._writing.extend(groups)
         return groups
 
@@ -185,7 +185,7 @@ class CaptureWriter:
                 if not self._closing:
                     self._lock.wait(TICK_SECONDS)
                 groups = self._due(everything=self._closing)
-                if self._closing and not groups and not self._groups:
+                if self._closing and not groups and not self._groups and not self._full:
                     return
             for group in groups:
                 self._write(group)
@@ -221,7 +221,7 @@ class CaptureWriter:
             self._lock.notify_all()
         self._thread.join(timeout)
         with self._lock:
-            left = [*self._groups.values(), *self._writing]
+            left = [*self._groups.values(), *self._full, *self._writing]
             lost = sum(len(group.lines) for group in left)
             if lost:
                 self._count(failed=lost)

@@ -80,9 +80,9 @@ class _Load:
 class TelemetryReporter:
     """Reports requests and loads of this worker to ``serve``'s collector; a no-op when telemetry is off."""
 
-    def __init__(self, settings: ServingSettings, *, random_fraction: random.Random | None = None) -> None:
+    def __init__(self, settings: ServingSettings, *, sampler: random.Random | None = None) -> None:
         self.settings = settings
-        self._random = random_fraction or random.Random()  # noqa: S311 - sampling, not security
+        self._random = sampler or random.Random()  # noqa: S311 - sampling, not security
         self._queue: queue.Queue[RequestOutcome | _Load] = queue.Queue(QUEUE_SIZE)
         self._lock = threading.Lock()
         self._dropped = 0

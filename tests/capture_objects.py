@@ -67,9 +67,9 @@ TOPIC = "team-a/topic.tar.gz"
 
 
 def three_hours_of_two_models() -> tuple[list[tuple[str, bytes]], dict[str, dict[str, Any]]]:
-    """Objects of two models from 06:00 to 08:30 on 2026-11-26 (plain and gzip, one spilling from 06:59 into 07:00,
-    one with its records out of order, one holding a request that failed), and every record by a name:
-    ``s1``..``s10`` for sentiment.tar.gz in time order, ``t1`` for team-a/topic.tar.gz."""
+    """Objects of two models from 06:00 to 08:30 on 2026-11-26 (plain and gzip, two in one hour, one with its
+    records out of order, one holding a request that failed), and every record by a name: ``s1``..``s10`` for
+    sentiment.tar.gz in time order, ``t1`` for team-a/topic.tar.gz."""
 
     def at(hour: int, minute: int, second: int = 0, microsecond: int = 0) -> datetime:
         return START.replace(hour=hour, minute=minute, second=second, microsecond=microsecond)
@@ -89,8 +89,8 @@ def three_hours_of_two_models() -> tuple[list[tuple[str, bytes]], dict[str, dict
     }
     objects = [
         capture_object([s["s1"], s["s2"]]),
-        capture_object([s["s3"], s["s4"]], compressed=True),
-        capture_object([s["s7"], s["s5"]]),
+        capture_object([s["s3"]], compressed=True),
+        capture_object([s["s7"], s["s4"], s["s5"]]),
         capture_object([s["s6"], s["s8"]], compressed=True),
         capture_object([s["s9"], s["s10"]]),
         capture_object([s["t1"]]),

@@ -1,10 +1,9 @@
 """Read captured requests back: one model's records in a time window, from S3 or a local folder, in time order.
 
 The container writes JSON Lines objects (``.jsonl``, or gzip-compressed ``.jsonl.gz``) under
-``{destination}/{model}/{yyyy}/{mm}/{dd}/{hh}/`` (`handler.telemetry.names.capture_folder`); each line is one record
-with the fields of `RECORD_FIELDS`. Reading lists the hour folders the window touches, reads every object there and
-keeps the records whose ``time`` falls in the window. The folder of the hour before the window is read too: an object
-opened just before an hour ends holds records of the next hour.
+``{destination}/{model}/{yyyy}/{mm}/{dd}/{hh}/`` (`handler.telemetry.names.capture_folder`), each record in the
+folder of its own hour; each line is one record with the fields of `RECORD_FIELDS`. Reading lists the hour folders
+the window touches, reads every object there and keeps the records whose ``time`` falls in the window.
 """
 
 from __future__ import annotations
@@ -82,9 +81,10 @@ class CaptureWindow:
             )
 
     def hours(self) -> list[datetime]:
-        """The UTC hours whose folders may hold the window's records: from the hour before `since`'s to `until`'s."""
-        hour = self.since.astimezone(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
-        last = self.until.astimezone(UTC)
+        """The UTC hours whose folders hold the window's records: from `since`'s to that of the last moment before
+        `until`."""
+        hour = self.since.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        last = self.until.astimezone(UTC) - timedelta(microseconds=1)
         hours = []
         while hour <= last:
             hours.append(hour)

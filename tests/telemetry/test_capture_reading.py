@@ -75,9 +75,10 @@ def test_a_moment_that_is_neither_says_what_is_accepted(text: str) -> None:
         parse_moment(text, now=NOW)
 
 
-def test_the_window_reads_from_the_hour_before_it_to_its_last_hour() -> None:
+def test_the_window_reads_the_folders_of_the_hours_it_touches() -> None:
     window = CaptureWindow(START.replace(hour=7, minute=20), START.replace(hour=9))
-    assert window.hours() == [START.replace(hour=hour) for hour in (6, 7, 8, 9)]
+    assert window.hours() == [START.replace(hour=hour) for hour in (7, 8)]
+    assert CaptureWindow(START, START.replace(minute=1)).hours() == [START]
     with pytest.raises(CaptureError, match="the window is empty"):
         CaptureWindow(START, START)
 
@@ -90,7 +91,7 @@ def test_records_in_the_window_come_back_in_time_order_from_every_object_plain_o
 
     read = read_capture(location, SENTIMENT, window)
 
-    # s4 is in the 06:59 object (gzip) of folder 06; s5 follows s7 in its object; s9 at 08:00 is past the end.
+    # s4 and s5 follow s7 in their object, s6 is in another (gzip) of the same hour; s9 at 08:00 is past the end.
     assert read == [records[name] for name in ("s4", "s5", "s6", "s7", "s8")]
     assert read_capture(location, TOPIC, window) == [records["t1"]]
 

@@ -2,7 +2,7 @@
 
 The container publishes its per-model metrics (embedded metric format) in `METRICS_NAMESPACE` with the dimensions
 `ENDPOINT_DIMENSION` and `MODEL_DIMENSION` (`handler.telemetry.names`). A sample finds the endpoint's models with
-ListMetrics, then asks GetMetricData, in one call of up to 500 queries (more calls only past 71 models), for each
+ListMetrics, then asks GetMetricData, in one call of up to 500 queries (more calls only past 62 models), for each
 model over the last few whole minutes: the Sum of Invocations (requests, and requests per second over the window),
 p50 and p99 of TotalLatency, the Sum of Errors, Errors4xx and Errors5xx and the Average of Errors (the error rate),
 and whether a Loaded datapoint arrived in the last two periods.

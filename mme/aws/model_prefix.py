@@ -19,6 +19,7 @@ from mme import MmeError
 PERMISSIONS = {
     "HeadBucket": "s3:ListBucket",
     "HeadObject": "s3:GetObject (and s3:ListBucket, without which S3 answers 403 for a missing key)",
+    "GetObject": "s3:GetObject, and kms:Decrypt on the bucket's KMS key",
     "ListObjectsV2": "s3:ListBucket",
     "ListMultipartUploads": "s3:ListBucketMultipartUploads",
     "ListParts": "s3:ListMultipartUploadParts",

@@ -69,6 +69,6 @@ def main() -> None:
 
 
 # Registration: each module adds its commands to `app`.
-from mme.cli import cost, endpoint, local, models  # noqa: E402, F401
+from mme.cli import capture, cost, endpoint, local, models, top  # noqa: E402, F401
 
 __all__ = ["app", "main"]

@@ -10,6 +10,7 @@ import pytest
 
 from handler.host.activity import ModelActivity
 from handler.host.scaler import ModelLoad, WorkerScaler, workers_wanted
+from handler.mms_management import mms_address
 from handler.settings import ServingSettings
 
 
@@ -166,10 +167,9 @@ def test_mms_unreachable_is_logged_and_the_next_interval_tries_again(
     assert "MMS did not set model m to 2 workers: unreachable" in caplog.text
 
 
-def test_the_scaler_calls_mms_on_loopback_when_it_listens_everywhere(tmp_path: Path) -> None:
-    everywhere = WorkerScaler(ServingSettings(run_dir=tmp_path, bind_host="0.0.0.0"))
-    assert everywhere._mms_host == "127.0.0.1"
-    assert WorkerScaler(ServingSettings(run_dir=tmp_path, bind_host="10.0.0.5"))._mms_host == "10.0.0.5"
+def test_serve_calls_mms_on_loopback_when_it_listens_everywhere(tmp_path: Path) -> None:
+    assert mms_address(ServingSettings(run_dir=tmp_path, bind_host="0.0.0.0")) == "127.0.0.1"
+    assert mms_address(ServingSettings(run_dir=tmp_path, bind_host="10.0.0.5")) == "10.0.0.5"
 
 
 def test_the_scaler_stops_at_once_even_with_no_host(tmp_path: Path) -> None:

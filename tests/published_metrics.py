@@ -14,49 +14,33 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import generate_latest
 
 from handler.telemetry import names
+from mme.metrics import EndpointMetrics
 
-SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
-
-class EndpointMetrics:
-    """`mme serve`'s per-model metrics in a registry of their own; `changes` are applied one per scrape, after it,
-    so consecutive scrapes see different counts."""
+class PublishedEndpoint:
+    """`mme serve`'s metrics (the real :class:`mme.metrics.EndpointMetrics`) fed by hand; `changes` are applied one
+    per scrape, after it, so consecutive scrapes see different counts. `loaded` holds the models loaded now."""
 
     def __init__(self) -> None:
-        self.registry = r = CollectorRegistry()
-        self.invocations = Counter("mme_invocations", "Requests per model.", ["model"], registry=r)
-        self.errors = Counter(
-            "mme_invocation_errors", "Failed requests.", ["model", "status_class", "error"], registry=r
-        )
-        self.latency = Histogram(
-            "mme_invocation_latency_seconds", "Request latency.", ["model"], buckets=SECONDS, registry=r
-        )
-        self.model_latency = Histogram(
-            "mme_model_latency_seconds", "Model call latency.", ["model"], buckets=SECONDS, registry=r
-        )
-        self.batch_size = Histogram(
-            "mme_model_batch_size", "Texts per model call.", ["model"], buckets=(1, 2, 4, 8, 16, 32), registry=r
-        )
-        self.load_seconds = Histogram("mme_model_load_seconds", "Load time.", ["model"], buckets=SECONDS, registry=r)
-        self.loaded = Gauge("mme_model_loaded", "1 while loaded.", ["model"], registry=r)
-        self.changes: list[Callable[[EndpointMetrics], None]] = []
+        self.metrics = EndpointMetrics()
+        self.registry = self.metrics.registry
+        self.loaded: set[str] = set()
+        self.metrics.track_loaded(lambda: sorted(self.loaded))
+        self.changes: list[Callable[[PublishedEndpoint], None]] = []
         self.scrapes = 0
         self._lock = threading.Lock()
 
     def request(self, model: str, seconds: float, *, status: int = 200, count: int = 1) -> None:
         """`count` requests to `model` that took `seconds` each and were answered with `status`."""
+        label = self.metrics.model_label(model)
         for _ in range(count):
-            self.invocations.labels(model=model).inc()
-            self.latency.labels(model=model).observe(seconds)
-            if status >= 400:
-                status_class = "4xx" if status < 500 else "5xx"
-                self.errors.labels(model=model, status_class=status_class, error=f"HTTP{status}").inc()
-            else:
-                self.model_latency.labels(model=model).observe(seconds * 0.8)
-                self.batch_size.labels(model=model).observe(1)
+            self.metrics.invocation(model, seconds, status=status, error=f"HTTP{status}" if status >= 400 else "")
+            if status < 400:
+                self.metrics.model_latency_seconds.labels(model=label).observe(seconds * 0.8)
+                self.metrics.batch_size.labels(model=label).observe(1)
 
     def page(self) -> bytes:
         """The page as scraped now; applies the next change afterwards."""
@@ -70,14 +54,14 @@ class EndpointMetrics:
     @contextmanager
     def served(self) -> Iterator[str]:
         """Serve the page at ``<url>/metrics`` on a free loopback port; yields the endpoint's URL."""
-        metrics = self
+        published = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 if self.path != "/metrics":
                     self.send_error(404)
                     return
-                body = metrics.page()
+                body = published.page()
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain; version=0.0.4")
                 self.send_header("Content-Length", str(len(body)))
@@ -98,29 +82,27 @@ class EndpointMetrics:
             thread.join(timeout=5)
 
 
-def busy_endpoint() -> EndpointMetrics:
+def busy_endpoint() -> PublishedEndpoint:
     """The scenario of the `mme top` tests. Before the first scrape: 50 requests to a.tar.gz at 30 ms; a.tar.gz and
     c.tar.gz loaded. Between the first and the second: a.tar.gz 100 requests (40 at 7 ms, 58 at 20 ms of which 3
     answered 400 and 1 answered 500, 2 at 300 ms); b.tar.gz 10 at 4 ms and loaded; "other" (the models beyond the
-    label limit) 5 at 50 ms, all answered 503; c.tar.gz nothing."""
-    metrics = EndpointMetrics()
-    metrics.request("a.tar.gz", 0.03, count=50)
-    metrics.loaded.labels(model="a.tar.gz").set(1)
-    metrics.loaded.labels(model="b.tar.gz").set(0)
-    metrics.loaded.labels(model="c.tar.gz").set(1)
+    label limit) 5 at 50 ms, all answered 503, none loaded; c.tar.gz nothing."""
+    endpoint = PublishedEndpoint()
+    endpoint.request("a.tar.gz", 0.03, count=50)
+    endpoint.loaded |= {"a.tar.gz", "c.tar.gz"}
 
-    def traffic(m: EndpointMetrics) -> None:
-        m.request("a.tar.gz", 0.007, count=40)
-        m.request("a.tar.gz", 0.02, count=54)
-        m.request("a.tar.gz", 0.02, status=400, count=3)
-        m.request("a.tar.gz", 0.02, status=500)
-        m.request("a.tar.gz", 0.3, count=2)
-        m.request("b.tar.gz", 0.004, count=10)
-        m.loaded.labels(model="b.tar.gz").set(1)
-        m.request("other", 0.05, status=503, count=5)
+    def traffic(e: PublishedEndpoint) -> None:
+        e.request("a.tar.gz", 0.007, count=40)
+        e.request("a.tar.gz", 0.02, count=54)
+        e.request("a.tar.gz", 0.02, status=400, count=3)
+        e.request("a.tar.gz", 0.02, status=500)
+        e.request("a.tar.gz", 0.3, count=2)
+        e.request("b.tar.gz", 0.004, count=10)
+        e.loaded.add("b.tar.gz")
+        e.request("other", 0.05, status=503, count=5)
 
-    metrics.changes.append(traffic)
-    return metrics
+    endpoint.changes.append(traffic)
+    return endpoint
 
 
 #: What the scenario gives between the two scrapes, by model: requests, p50 and p99 (ms, as Prometheus's
@@ -130,8 +112,8 @@ BUSY_FIGURES = {
     "a.tar.gz": (100, 10 + 15 * 10 / 58, 250 + 250 * 1 / 2, 4, 3, 1, True),
     # rank 5 and 9.9 of 10, all in (0, 5] ms.
     "b.tar.gz": (10, 5 * 5 / 10, 5 * 9.9 / 10, 0, 0, 0, True),
-    # rank 2.5 and 4.95 of 5, all in (25, 50] ms; "other" has no loaded gauge.
-    "other": (5, 25 + 25 * 2.5 / 5, 25 + 25 * 4.95 / 5, 5, 0, 5, None),
+    # rank 2.5 and 4.95 of 5, all in (25, 50] ms; none of the folded models is loaded.
+    "other": (5, 25 + 25 * 2.5 / 5, 25 + 25 * 4.95 / 5, 5, 0, 5, False),
     "c.tar.gz": (0, None, None, 0, 0, 0, True),
 }
 

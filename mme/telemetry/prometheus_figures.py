@@ -5,7 +5,8 @@ What is read, per ``model`` label (``other`` folds the models beyond the endpoin
 - ``mme_invocations_total``: requests;
 - ``mme_invocation_errors_total{status_class="4xx"|"5xx", error}``: failed requests;
 - ``mme_invocation_latency_seconds_bucket{le}``: each request's total latency at the front end;
-- ``mme_model_loaded``: 1 while the model is loaded.
+- ``mme_model_loaded``: 1 for each model loaded now (``other``: how many of the folded ones); a model it does not
+  list is not loaded.
 
 Counters only ever grow, so figures come from two scrapes: rates are differences over the time between them, and
 p50/p99 are interpolated from the differences of the latency buckets as Prometheus's ``histogram_quantile`` does. A
@@ -56,9 +57,10 @@ def parse_metrics(text: str) -> dict[str, ModelCounters]:
 
     models: dict[str, ModelCounters] = {}
     try:
-        samples = [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+        families = list(text_string_to_metric_families(text))
     except ValueError as error:
         raise ScrapeError(f"not a Prometheus text page: {error}") from None
+    samples = [sample for family in families for sample in family.samples]
     for sample in samples:
         model = sample.labels.get("model")
         if model is None:
@@ -74,6 +76,11 @@ def parse_metrics(text: str) -> dict[str, ModelCounters]:
             counters.latency_buckets[bound] = counters.latency_buckets.get(bound, 0.0) + sample.value
         elif sample.name == LOADED:
             counters.loaded = sample.value >= 1
+    if any(family.name == LOADED for family in families):
+        # The endpoint lists the models loaded now: one it does not list is not loaded.
+        for counters in models.values():
+            if counters.loaded is None:
+                counters.loaded = False
     return models
 
 

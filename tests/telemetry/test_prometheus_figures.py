@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 from prometheus_client import generate_latest
-from published_metrics import BUSY_FIGURES, EndpointMetrics, busy_endpoint
+from published_metrics import BUSY_FIGURES, PublishedEndpoint, busy_endpoint
 
 from mme.telemetry.model_figures import ModelFigures, frames
 from mme.telemetry.prometheus_figures import (
@@ -79,7 +79,7 @@ def test_the_refresh_loop_yields_once_a_second_scrape_exists(busy_url: str) -> N
 
 
 def test_a_restarted_endpoint_counts_from_zero() -> None:
-    before, after = busy_endpoint(), EndpointMetrics()
+    before, after = busy_endpoint(), PublishedEndpoint()
     after.request("a.tar.gz", 0.007, count=4)
 
     figures = _by_model(

@@ -19,6 +19,7 @@ from mme.cli.output import environment_pairs, fail, parse_size
 from mme.endpoint import BODY_TIMEOUT_SECONDS, INVOCATION_TIMEOUT_SECONDS, SHUTDOWN_GRACE_SECONDS
 from mme.metrics import MAX_MODEL_LABELS
 from mme.models import LOAD_TIMEOUT_SECONDS, TOO_LARGE_SECONDS
+from mme.telemetry.capture_reading import capture_destination
 
 if TYPE_CHECKING:
     from mme.container import LocalContainer
@@ -236,7 +237,7 @@ def serve(
     cache_bytes = parse_size(max_cache_size) if max_cache_size is not None else DEFAULT_MAX_CACHE_BYTES
     environment = environment_pairs(container_env or [])
     if capture is not None:
-        environment["MME_CAPTURE_DESTINATION"] = capture_destination(capture)
+        environment["MME_CAPTURE_DESTINATION"] = capture_destination(capture)  # raises CaptureError, worded once
     # The container's per-model figures, every few seconds here (60 s on AWS), named after this endpoint.
     environment.setdefault("MME_METRICS_INTERVAL_SECONDS", str(LOCAL_METRICS_INTERVAL_SECONDS))
     environment.setdefault("MME_METRICS_ENDPOINT", endpoint_name)
@@ -328,24 +329,3 @@ def _image_container(
         # A captured folder is written at the same path inside the container as here.
         writable_mounts={Path(capture): capture} if capture and not capture.startswith("s3://") else None,
     )
-
-
-def capture_destination(capture: str) -> str:
-    """``--capture``'s value as the container's ``MME_CAPTURE_DESTINATION``: an ``s3://bucket/prefix/`` URL as given,
-    or a folder made absolute, created and checked writable. Raises the CLI's error when it is neither."""
-    if capture.startswith("s3://"):
-        bucket = capture.removeprefix("s3://").partition("/")[0]
-        if not bucket:
-            raise fail(f"--capture {capture}: name a bucket, e.g. s3://my-bucket/capture/")
-        return capture
-    if "://" in capture:
-        raise fail(f"--capture {capture}: give a folder or an s3://bucket/prefix/ URL")
-    folder = Path(capture).expanduser().resolve()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-check-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        raise fail(f"--capture {capture}: cannot write there ({error.strerror or error})") from None
-    return str(folder)

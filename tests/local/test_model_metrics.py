@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +14,7 @@ from typing import Any
 
 import pytest
 import requests
+from local_serving import BackgroundCalls
 
 from handler.telemetry.names import (
     BATCH_SIZE,
@@ -28,6 +32,7 @@ from handler.telemetry.names import (
     TOTAL_LATENCY,
 )
 from mme.serve_process import ServeProcess
+from mme.telemetry.figures_table import COLUMNS
 
 GOOD = json.dumps({"inputs": ["I loved this film", "terrible service"]})
 BAD = b'{"no_inputs": 1}'
@@ -139,3 +144,33 @@ def test_models_past_the_label_limit_are_folded_into_other(serve: Callable[..., 
     text = requests.get(f"{endpoint.url}/metrics", timeout=10).text
     assert 'model="topic.tar.gz"' not in text
     assert 'model="sentiment-copy.tar.gz"' not in text
+
+
+@pytest.mark.parametrize("serve", ["host"], indirect=True)
+def test_mme_top_shows_a_running_endpoints_busiest_models(serve: Callable[..., ServeProcess], store: Path) -> None:
+    endpoint = serve(store)
+    client = endpoint.client()
+    _send(client, "topic.tar.gz", GOOD)  # loaded, then idle
+    _send(client, "sentiment.tar.gz", GOOD)
+    with BackgroundCalls([lambda: _send(client, "sentiment.tar.gz", GOOD), lambda: _send(client, "greedy", BAD)]):
+        answer = subprocess.run(
+            [sys.executable, "-m", "mme.cli", "top", "--endpoint-url", endpoint.url, "--once", "--interval", "2"],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"},
+        )  # fmt: skip
+    assert answer.returncode == 0, answer.stderr
+    rows = {
+        row[0]: dict(zip(COLUMNS, row, strict=True))
+        for row in ([cell.strip() for cell in line.strip("│").split("│")] for line in answer.stdout.splitlines())
+        if len(row) == len(COLUMNS) and row[0] != "MODEL"
+    }
+    busy = rows["sentiment.tar.gz"]
+    assert float(busy["REQ/S"].replace(",", "")) > 0
+    assert float(busy["P50 MS"].replace(",", "")) > 0
+    assert (busy["ERRORS"], busy["LOADED"]) == ("0", "yes")
+    failing = rows["greedy"]  # no such archive: every request is a 400 from the front end
+    assert failing["ERRORS"] == failing["4XX"] != "0"
+    assert failing["ERR %"] == "100.0"
+    assert failing["LOADED"] == "no"
+    idle = rows["topic.tar.gz"]
+    assert (idle["REQUESTS"], idle["LOADED"]) == ("0", "yes")
+    assert list(rows)[-1] == "topic.tar.gz"  # by requests per second: the idle model last

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from handler.telemetry.names import CAPTURE_CONTENTS, METRICS_NAMESPACE
+from handler.telemetry.names import CAPTURE_CONTENTS, CAPTURE_PREFIX, METRICS_NAMESPACE
 from mme.aws.names import NAME_PATTERN, StageNames, owner_from_user_name
 
 INSTANCE_TYPE_PATTERN = re.compile(r"^ml\.[a-z][a-z0-9-]*\.(medium|large|xlarge|[1-9][0-9]*xlarge)$")
@@ -135,8 +135,10 @@ class StageSettings:
     # --- model store -------------------------------------------------------------------------------------------
     #: Key prefix that holds the model archives; TargetModel "x.tar.gz" is the object `<model_prefix>x.tar.gz`.
     model_prefix: str = "models/"
-    #: Key prefix reserved for captured requests and responses (never readable as a model).
-    capture_prefix: str = "capture/"
+    #: Key prefix reserved for captured requests and responses (never readable as a model); the container writes
+    #: there while capture is on (`capture_percent`). The default is where the `mme` capture readers look
+    #: (handler/telemetry/names.py CAPTURE_PREFIX).
+    capture_prefix: str = f"{CAPTURE_PREFIX}/"
     #: Days before captured request/response files expire (they are not models; they need no retention).
     capture_retention_days: int = 30
 

@@ -248,8 +248,8 @@ class StageSettings:
     alarm_model_latency_ms: int = 1000
     #: OverheadLatency p99 threshold, in milliseconds (the metric is in microseconds).
     alarm_overhead_latency_ms: int = 200
-    #: Percent of a single model's requests failing (4xx or 5xx) over 5 minutes before the worst model's error rate
-    #: alarms (needs `model_metrics`).
+    #: Percent of a single model's requests failing (4xx or 5xx) over 5 minutes above which the worst model's error
+    #: rate alarms (in 2 of 3 periods, like the other alarms; needs `model_metrics`).
     alarm_model_error_rate_percent: int = 5
     #: Days the endpoint's CloudWatch log group keeps events; the group is deleted with the endpoint stack.
     log_retention_days: int = 30

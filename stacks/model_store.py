@@ -93,6 +93,11 @@ class ModelStoreRef:
         """ARN pattern of every object under the capture prefix (for s3:PutObject)."""
         return self.bucket.arn_for_objects(f"{self.capture_prefix}*")
 
+    @property
+    def capture_url(self) -> str:
+        """Where the container captures requests to: `s3://<bucket>/<capture_prefix>` (a token until deploy)."""
+        return self.bucket.s3_url_for_object(self.capture_prefix)
+
 
 class ModelStore(Construct):
     """Bucket + customer-managed key for model archives, with server access logs to a second retained bucket.

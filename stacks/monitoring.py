@@ -1,4 +1,4 @@
-"""Alarms and a dashboard on the multi-model endpoint's own metrics, with an optional encrypted SNS topic."""
+"""Alarms and a dashboard on the multi-model endpoint's metrics, with an optional encrypted SNS topic."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
 
+from stacks.model_monitoring import ModelMonitoring
 from stacks.multi_model_endpoint import ENDPOINT_METRICS_NAMESPACE, MultiModelEndpoint
 from stacks.settings import StageSettings
 
@@ -30,7 +31,9 @@ class EndpointMonitoring(Construct):
     ModelLoadingWaitTime p99 (requests waiting for a model), ModelUnloadingTime sample count (evictions),
     ModelCacheHit average, ModelLatency p99 and OverheadLatency p99. Never on memory: an MME keeps models cached
     until memory runs out, so high memory use is its steady state (SageMaker's multi-model caching guide); the
-    dashboard still graphs it. Exposes `alarms` by metric name and `topic` (None without `alarm_email`).
+    dashboard still graphs it. With `model_metrics`, also the container's per-model widgets and the worst model's
+    error-rate alarm (`ModelMonitoring`, exposed as `models`, else None; its alarm is `alarms["ModelErrorRate"]`).
+    Exposes `alarms` by metric name and `topic` (None without `alarm_email`).
     """
 
     def __init__(
@@ -92,6 +95,10 @@ class EndpointMonitoring(Construct):
                 treat_missing_data=not_breaching,
                 alarm_description=f"{description} on {endpoint.endpoint_name}",
             )
+        self.models: ModelMonitoring | None = None
+        if settings.model_metrics:
+            self.models = ModelMonitoring(self, "Models", endpoint_name=endpoint.endpoint_name, settings=settings)
+            self.alarms["ModelErrorRate"] = self.models.alarm
 
         self.topic: sns.Topic | None = None
         if settings.alarm_email:
@@ -130,6 +137,8 @@ class EndpointMonitoring(Construct):
                 width=8,
             ),
         )
+        for row in self.models.widget_rows if self.models else []:
+            self.dashboard.add_widgets(*row)
 
     def _topic(self, email: str) -> sns.Topic:
         # CloudWatch can publish to an encrypted topic only with a customer-managed key that trusts it.

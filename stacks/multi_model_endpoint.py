@@ -49,8 +49,9 @@ class MultiModelEndpoint(Construct):
     """A SageMaker multi-model endpoint serving every archive under the store's model prefix.
 
     Props:
-        store: the model store; the role may read only `<model_prefix>*`.
-        settings: instance type/count, volume, timeouts, cache, log retention and container tunables.
+        store: the model store; the role may read only `<model_prefix>*` and, while capture is on
+            (`StageSettings.capture_enabled`), write only `<capture_prefix>*`.
+        settings: instance type/count, volume, timeouts, cache, log retention, capture and container tunables.
         endpoint_name: physical endpoint name. The only fixed physical name here: SageMaker names the endpoint's log
             group after it, which the stack creates (with a retention) before the endpoint.
 
@@ -117,7 +118,7 @@ class MultiModelEndpoint(Construct):
                 multi_model_config=sagemaker.CfnModel.MultiModelConfigProperty(
                     model_cache_setting=settings.model_cache,
                 ),
-                environment=settings.container_environment(),
+                environment=self._container_environment(store=store, settings=settings),
             ),
         )
         # CreateModel checks the role can pull the image, so the role's policy must exist first (the role itself is
@@ -172,6 +173,16 @@ class MultiModelEndpoint(Construct):
             statistic=statistic,
         )
 
+    def _container_environment(self, *, store: ModelStoreRef, settings: StageSettings) -> dict[str, str]:
+        """The stage's container environment plus what only the deployed stage knows: the EndpointName dimension of
+        the per-model metrics and, while capture is on, where to capture to and the KMS key to write with (the
+        store's, which is also the bucket's default: named, it keeps captured data under that key regardless)."""
+        environment = {**settings.container_environment(), "MME_METRICS_ENDPOINT": self.endpoint_name}
+        if settings.capture_enabled:
+            environment["MME_CAPTURE_DESTINATION"] = store.capture_url
+            environment["MME_CAPTURE_KMS_KEY_ID"] = store.key.key_arn
+        return environment
+
     def _grant_least_privilege(self, *, store: ModelStoreRef, settings: StageSettings, stack: Stack) -> None:
         """Every statement is scoped to one ARN; the two `Resource: *` ones are AWS's, see the acknowledgements."""
         role = self.role
@@ -198,6 +209,8 @@ class MultiModelEndpoint(Construct):
                 conditions={"StringEquals": {"kms:ViaService": f"s3.{stack.region}.amazonaws.com"}},
             )
         )
+        if settings.capture_enabled:
+            self._grant_capture(store=store, stack=stack)
         # Pull: the three image actions on the asset repository only (CDK image assets share one bootstrap
         # repository per account and region; ECR has no per-image IAM resource).
         self.image.repository.grant_pull(role)
@@ -229,6 +242,32 @@ class MultiModelEndpoint(Construct):
                 id=f"AwsSolutions-IAM5[Resource::{nag_resource(role, store.model_objects_arn())}]",
                 reason="Read access to every archive under the model prefix is the point of a multi-model endpoint: "
                 "TargetModel can name any key under it.",
+            ),
+        )
+
+    def _grant_capture(self, *, store: ModelStoreRef, stack: Stack) -> None:
+        """Write-only access to the capture prefix: the container puts records and never reads or lists them."""
+        self.role.add_to_policy(
+            iam.PolicyStatement(
+                sid="WriteCapturedRequests",
+                actions=["s3:PutObject"],
+                resources=[store.capture_objects_arn()],
+            )
+        )
+        self.role.add_to_policy(
+            iam.PolicyStatement(
+                sid="EncryptCapturedRequests",
+                # A PutObject with SSE-KMS makes S3 ask KMS for a data key on the caller's behalf.
+                actions=["kms:Encrypt", "kms:GenerateDataKey"],
+                resources=[store.key.key_arn],
+                conditions={"StringEquals": {"kms:ViaService": f"s3.{stack.region}.amazonaws.com"}},
+            )
+        )
+        Validations.of(self.role).acknowledge(
+            Acknowledgment(
+                id=f"AwsSolutions-IAM5[Resource::{nag_resource(self.role, store.capture_objects_arn())}]",
+                reason="The container writes objects under the capture prefix with keys made at run time (model "
+                "and hour); it may put objects there and nowhere else, and may not read or list them.",
             ),
         )
 

@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
+from handler.telemetry.names import CAPTURE_CONTENTS, CAPTURE_PREFIX, METRICS_NAMESPACE
 from mme.aws.names import NAME_PATTERN, StageNames, owner_from_user_name
 
 INSTANCE_TYPE_PATTERN = re.compile(r"^ml\.[a-z][a-z0-9-]*\.(medium|large|xlarge|[1-9][0-9]*xlarge)$")
@@ -80,6 +83,11 @@ REPO_FOLDER_MAX_LENGTH = 200
 
 #: Where container/Dockerfile copies the stage's default tokenizer inside the image (`COPY ${DEFAULT_TOKENIZER}/`).
 IMAGE_DEFAULT_TOKENIZER_DIR = "/opt/mme/default-tokenizer"
+#: The largest capture record, in KiB (`capture_max_record_kb`): SageMaker's request and response limit is 6 MB.
+CAPTURE_MAX_RECORD_KB = 6144
+#: Seconds between the container's per-model metric lines (MME_METRICS_INTERVAL_SECONDS): CloudWatch's standard
+#: resolution. Set explicitly so the dashboard can count loaded models (one `Loaded` per model per interval).
+METRICS_INTERVAL_SECONDS = 60
 
 #: Keys whose default differs per stage name (a stage called "prod" is protected and gated by default).
 PROD_STAGE_DEFAULTS: dict[str, Any] = {"termination_protection": True, "require_approval": True}
@@ -94,7 +102,8 @@ REMOVED_STAGE_KEYS = {
     "alarm_memory_utilization_percent": "high memory use is a multi-model endpoint's steady state, so the alarm fired "
     "all the time; trouble shows as model loading wait, evictions, cache misses, errors and latency, which alarm",
     "data_capture_percent": 'SageMaker refuses DataCapture on multi-model endpoints ("DataCapture feature is not '
-    'supported with MultiModel mode"), so any value above 0 failed the deploy',
+    'supported with MultiModel mode"), so any value above 0 failed the deploy; the container captures requests '
+    "itself: set capture_percent (and capture_model_percent per model) instead",
 }
 
 
@@ -126,8 +135,10 @@ class StageSettings:
     # --- model store -------------------------------------------------------------------------------------------
     #: Key prefix that holds the model archives; TargetModel "x.tar.gz" is the object `<model_prefix>x.tar.gz`.
     model_prefix: str = "models/"
-    #: Key prefix reserved for captured requests and responses (never readable as a model).
-    capture_prefix: str = "capture/"
+    #: Key prefix reserved for captured requests and responses (never readable as a model); the container writes
+    #: there while capture is on (`capture_percent`). The default is where the `mme` capture readers look
+    #: (handler/telemetry/names.py CAPTURE_PREFIX).
+    capture_prefix: str = f"{CAPTURE_PREFIX}/"
     #: Days before captured request/response files expire (they are not models; they need no retention).
     capture_retention_days: int = 30
 
@@ -207,6 +218,22 @@ class StageSettings:
     #: every archive must ship its own. Synth fails when the folder holds no tokenizer files.
     default_tokenizer: str = ""
 
+    # --- request capture and per-model metrics (the container's; names in handler/telemetry/names.py) ---------
+    #: Share of requests, 0 to 100, that the container writes (request, response, status, latency) as JSON Lines to
+    #: s3://<model bucket>/<capture_prefix>, encrypted with the store's key. 0 = off (the default), unless a model
+    #: has an override in `capture_model_percent`. SageMaker's own DataCapture refuses multi-model endpoints.
+    capture_percent: float = 0.0
+    #: Per-model shares overriding `capture_percent`: {TargetModel: percent}, e.g. {"sentiment.tar.gz": 100}. A share
+    #: above 0 turns capture on for that model even when `capture_percent` is 0; 0 turns it off for that model.
+    capture_model_percent: Mapping[str, float] = field(default_factory=dict)
+    #: What a record keeps of the payloads: "both", "inputs" or "outputs".
+    capture_content: str = "both"
+    #: Most KiB per record; longer payloads are cut to fit and the record marked `truncated`.
+    capture_max_record_kb: int = 256
+    #: Per-model CloudWatch metrics (requests, errors, latency, loads, batch size; namespace MultiModelEndpoint/Models)
+    #: as Embedded Metric Format log lines, with their dashboard widgets and error-rate alarm; false turns all off.
+    model_metrics: bool = True
+
     # --- monitoring --------------------------------------------------------------------------------------------
     #: "" = no SNS topic; otherwise alarms notify a KMS-encrypted topic with this email subscribed.
     alarm_email: str = ""
@@ -221,6 +248,9 @@ class StageSettings:
     alarm_model_latency_ms: int = 1000
     #: OverheadLatency p99 threshold, in milliseconds (the metric is in microseconds).
     alarm_overhead_latency_ms: int = 200
+    #: Percent of a single model's requests failing (4xx or 5xx) over 5 minutes above which the worst model's error
+    #: rate alarms (in 2 of 3 periods, like the other alarms; needs `model_metrics`).
+    alarm_model_error_rate_percent: int = 5
     #: Days the endpoint's CloudWatch log group keeps events; the group is deleted with the endpoint stack.
     log_retention_days: int = 30
 
@@ -236,6 +266,15 @@ class StageSettings:
         if not self.ssm_prefix:
             object.__setattr__(self, "ssm_prefix", self.names.ssm_prefix)
         _validate_stage(self)
+        # JSON gives ints where floats are meant; one type keeps equality and the container environment stable.
+        object.__setattr__(self, "capture_percent", float(self.capture_percent))
+        shares = {model: float(share) for model, share in sorted(self.capture_model_percent.items())}
+        object.__setattr__(self, "capture_model_percent", MappingProxyType(shares))
+
+    @property
+    def capture_enabled(self) -> bool:
+        """True when the container captures any request: `capture_percent` or a per-model share is above 0."""
+        return self.capture_percent > 0 or any(share > 0 for share in self.capture_model_percent.values())
 
     @property
     def names(self) -> StageNames:
@@ -243,7 +282,12 @@ class StageSettings:
         return StageNames(stage=self.name, owner=self.owner)
 
     def container_environment(self) -> dict[str, str]:
-        """Environment of the model container; names are the container's contract (handler/settings.py)."""
+        """Environment of the model container; names are the container's contract (handler/settings.py).
+
+        Only what the stage settings decide: the capture destination and key, and the endpoint's name (the
+        metrics' EndpointName dimension), are added where the endpoint is built (`MultiModelEndpoint`). The capture
+        variables are set only when capture is on, so changing them while it is off redeploys nothing.
+        """
         return {
             "MME_MODEL_HOST": self.model_host,
             "SAGEMAKER_MODEL_SERVER_WORKERS": str(self.server_workers),
@@ -262,6 +306,21 @@ class StageSettings:
             "MME_MAX_WORKERS_PER_MODEL": str(self.max_workers_per_model),
             "MME_WORKER_IDLE_SECONDS": str(self.worker_idle_seconds),
             **({"MME_DEFAULT_TOKENIZER_DIR": IMAGE_DEFAULT_TOKENIZER_DIR} if self.default_tokenizer else {}),
+            **self._capture_environment(),
+            "MME_METRICS_ENABLED": "true" if self.model_metrics else "false",
+            "MME_METRICS_NAMESPACE": METRICS_NAMESPACE,
+            "MME_METRICS_INTERVAL_SECONDS": str(METRICS_INTERVAL_SECONDS),
+        }
+
+    def _capture_environment(self) -> dict[str, str]:
+        if not self.capture_enabled:
+            return {}
+        return {
+            # Always set while capture is on: the container's own default share is 100.
+            "MME_CAPTURE_PERCENT": str(self.capture_percent),
+            "MME_CAPTURE_MODEL_PERCENT": json.dumps(dict(self.capture_model_percent), sort_keys=True),
+            "MME_CAPTURE_CONTENT": self.capture_content,
+            "MME_CAPTURE_MAX_RECORD_BYTES": str(self.capture_max_record_kb * 1024),
         }
 
 
@@ -308,6 +367,30 @@ def _check_match(stage: StageSettings, key: str, pattern: re.Pattern[str], allow
     value = getattr(stage, key)
     if not isinstance(value, str) or not pattern.match(value):
         raise _fail(f"stages.{stage.name}.{key}", allowed, value)
+
+
+def _is_percent(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value) and 0 <= value <= 100
+
+
+def _check_percent(stage: StageSettings, key: str) -> None:
+    value = getattr(stage, key)
+    if not _is_percent(value):
+        raise _fail(f"stages.{stage.name}.{key}", "a number from 0 to 100", value)
+
+
+def _check_model_percent(stage: StageSettings) -> None:
+    key = f"stages.{stage.name}.capture_model_percent"
+    shares = stage.capture_model_percent
+    if not isinstance(shares, Mapping):
+        raise _fail(key, 'an object of TargetModel -> percent, e.g. {"sentiment.tar.gz": 100}', shares)
+    for model, share in shares.items():
+        if not isinstance(model, str) or not model or not TARGET_MODEL_PATTERN.match(model):
+            raise _fail(
+                key, 'TargetModel names relative to model_prefix, e.g. "sentiment.tar.gz" (S3 key characters)', model
+            )
+        if not _is_percent(share):
+            raise _fail(f"{key}[{model!r}]", "a number from 0 to 100", share)
 
 
 def _check_choice(stage: StageSettings, key: str, choices: tuple[str, ...]) -> None:
@@ -407,6 +490,12 @@ def _validate_stage(s: StageSettings) -> None:
     )
     if len(s.default_tokenizer) > REPO_FOLDER_MAX_LENGTH:
         raise _fail(f"{p}.default_tokenizer", f"at most {REPO_FOLDER_MAX_LENGTH} characters", s.default_tokenizer)
+    _check_percent(s, "capture_percent")
+    _check_model_percent(s)
+    _check_choice(s, "capture_content", CAPTURE_CONTENTS)
+    _check_int(s, "capture_max_record_kb", 1, CAPTURE_MAX_RECORD_KB)
+    if not isinstance(s.model_metrics, bool):
+        raise _fail(f"{p}.model_metrics", "true | false", s.model_metrics)
     _check_match(s, "alarm_email", EMAIL_PATTERN, '"" or an email address')
     _check_int(s, "alarm_5xx_errors", 1, 1_000_000)
     _check_int(s, "alarm_model_loading_wait_seconds", 1, 3600)
@@ -414,6 +503,7 @@ def _validate_stage(s: StageSettings) -> None:
     _check_int(s, "alarm_cache_hit_percent", 1, 100)
     _check_int(s, "alarm_model_latency_ms", 1, 60_000)
     _check_int(s, "alarm_overhead_latency_ms", 1, 60_000)
+    _check_int(s, "alarm_model_error_rate_percent", 1, 100)
     if s.log_retention_days not in LOG_RETENTION_DAYS:
         raise _fail(f"{p}.log_retention_days", " | ".join(map(str, LOG_RETENTION_DAYS)), s.log_retention_days)
     _check_match(s, "ssm_prefix", SSM_PREFIX_PATTERN, 'an SSM path such as "/mme/dev" (no trailing "/")')

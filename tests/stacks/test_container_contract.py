@@ -12,9 +12,11 @@ from cdk_synth import REPO_ROOT
 from handler.errors import ModelLoadError
 from handler.model import find_tokenizer
 from handler.settings import MODEL_HOST_MODES, ServingSettings
+from handler.telemetry.names import METRICS_NAMESPACE
 from stacks.multi_model_endpoint import DEFAULT_TOKENIZER_BUILD_ARG, TOKENIZER_FILES, check_default_tokenizer
 from stacks.settings import (
     IMAGE_DEFAULT_TOKENIZER_DIR,
+    METRICS_INTERVAL_SECONDS,
     MODEL_HOST_SETTINGS,
     SettingsError,
     StageSettings,
@@ -63,6 +65,42 @@ def test_every_container_setting_from_cdk_context_reaches_the_serving_settings()
         serving.max_workers_per_model,
         serving.worker_idle_seconds,
     ) == tuple(custom.values())
+
+
+def test_capture_and_metrics_settings_from_cdk_context_reach_the_serving_settings() -> None:
+    custom = {
+        "capture_percent": 12.5,
+        "capture_model_percent": {"sentiment.tar.gz": 100, "topic.tar.gz": 0},
+        "capture_content": "outputs",
+        "capture_max_record_kb": 64,
+        "model_metrics": False,
+    }
+    stage = load_app_settings({"stages": {"dev": custom}}, user_name="alice").stages[0]
+    serving = ServingSettings.from_env(stage.container_environment())
+    assert serving.capture_percent == 12.5
+    assert serving.capture_model_percent == {"sentiment.tar.gz": 100.0, "topic.tar.gz": 0.0}
+    assert serving.capture_content == "outputs"
+    assert serving.capture_max_record_bytes == 64 * 1024
+    assert serving.metrics_enabled is False
+    assert serving.metrics_namespace == METRICS_NAMESPACE
+    assert serving.metrics_interval_seconds == METRICS_INTERVAL_SECONDS
+
+
+def test_an_override_alone_captures_only_that_model_in_the_container() -> None:
+    # The container's own default share is 100: the stage must say 0 for every other model.
+    stage = load_app_settings(
+        {"stages": {"dev": {"capture_model_percent": {"sentiment.tar.gz": 5}}}}, user_name="alice"
+    ).stages[0]
+    serving = ServingSettings.from_env(stage.container_environment())
+    assert serving.capture_percent == 0
+    assert serving.capture_model_percent == {"sentiment.tar.gz": 5.0}
+
+
+def test_a_default_stage_leaves_capture_off_and_metrics_on_in_the_container() -> None:
+    stage = load_app_settings({"stages": {"dev": {}}}, user_name="alice").stages[0]
+    serving = ServingSettings.from_env(stage.container_environment())
+    assert serving.capture_destination == ""
+    assert serving.metrics_enabled is True
 
 
 def test_the_stage_offers_exactly_the_container_model_host_modes_and_defaults_to_the_container_default() -> None:

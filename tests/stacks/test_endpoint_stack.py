@@ -9,7 +9,17 @@ from typing import Any
 
 import pytest
 from aws_cdk.assertions import Match, Template
-from cdk_synth import REPO_ROOT, Synthesized
+from cdk_synth import REPO_ROOT, Synthesized, synth_app
+
+#: What the dev endpoint stack imports from the dev model store stack.
+BUCKET_NAME = {"Fn::ImportValue": "Mme-dev-ModelStore:ModelBucketName"}
+KEY_ARN = {"Fn::ImportValue": "Mme-dev-ModelStore:ModelStoreKeyArn"}
+#: Capture on through a per-model share alone (the stage's own share stays 0).
+CAPTURE_BY_OVERRIDE = {
+    "capture_model_percent": {"sentiment.tar.gz": 100, "topic.tar.gz": 0},
+    "capture_content": "inputs",
+    "capture_max_record_kb": 64,
+}
 
 #: The only actions allowed on Resource "*", per role: none supports a resource known at synth (see the stacks).
 DOCUMENTED_STAR_ACTIONS = {
@@ -34,6 +44,27 @@ def _role_statements(template: Template, role: str = "ServingExecutionRole") -> 
 def _actions(statement: dict[str, Any]) -> list[str]:
     action = statement["Action"]
     return [action] if isinstance(action, str) else list(action)
+
+
+def _environment(template: Template) -> dict[str, Any]:
+    (model,) = template.find_resources("AWS::SageMaker::Model").values()
+    return dict(model["Properties"]["PrimaryContainer"]["Environment"])
+
+
+def _capture_statements(template: Template) -> dict[str, dict[str, Any]]:
+    """Statements of the execution role that write or encrypt anything, by Sid."""
+    writes = ("s3:Put", "s3:Delete", "kms:Encrypt", "kms:GenerateDataKey", "kms:ReEncrypt")
+    return {s.get("Sid", ""): s for s in _role_statements(template) if any(a.startswith(writes) for a in _actions(s))}
+
+
+@pytest.fixture(scope="module")
+def capture_synth(tmp_path_factory: pytest.TempPathFactory) -> Synthesized:
+    return synth_app(tmp_path_factory.mktemp("capture"), {"stages": {"dev": CAPTURE_BY_OVERRIDE}})
+
+
+@pytest.fixture(scope="module")
+def capture_endpoint(capture_synth: Synthesized) -> Template:
+    return capture_synth.template(capture_synth.stage("dev").endpoint)
 
 
 def _flat(value: Any) -> str:
@@ -224,7 +255,8 @@ def test_the_scaling_function_may_touch_only_this_endpoint(dev_endpoint: Templat
 
 def test_alarms_watch_mme_trouble_not_memory(dev_endpoint: Template) -> None:
     alarms = dev_endpoint.find_resources("AWS::CloudWatch::Alarm").values()
-    by_metric = {a["Properties"]["MetricName"]: a["Properties"] for a in alarms}
+    # The per-model error-rate alarm is a query (tests/stacks/test_model_monitoring.py).
+    by_metric = {a["Properties"]["MetricName"]: a["Properties"] for a in alarms if "MetricName" in a["Properties"]}
     assert set(by_metric) == {
         "ModelCacheHit",
         "ModelUnloadingTime",
@@ -280,3 +312,83 @@ def test_image_asset_builds_the_dockerfile_for_amd64_with_no_secret(synthesized:
     mounts = re.findall(r"--mount=(\S+)", staged)
     assert mounts == ["type=secret,id=pip-cert"]
     assert "if [ -f /run/secrets/pip-cert ]" in staged
+
+
+def test_capture_is_off_by_default_with_no_capture_variables_and_no_write_access(dev_endpoint: Template) -> None:
+    environment = _environment(dev_endpoint)
+    assert not [name for name in environment if name.startswith("MME_CAPTURE_")]
+    assert _capture_statements(dev_endpoint) == {}
+
+
+def test_metrics_variables_name_the_endpoint_and_the_namespace(dev_endpoint: Template) -> None:
+    environment = _environment(dev_endpoint)
+    assert environment["MME_METRICS_ENABLED"] == "true"
+    assert environment["MME_METRICS_ENDPOINT"] == "Mme-dev-Endpoint"
+    assert environment["MME_METRICS_NAMESPACE"] == "MultiModelEndpoint/Models"
+    assert environment["MME_METRICS_INTERVAL_SECONDS"] == "60"
+
+
+def test_a_model_override_turns_capture_on_to_the_capture_prefix_under_the_store_key(
+    capture_endpoint: Template,
+) -> None:
+    environment = _environment(capture_endpoint)
+    assert environment["MME_CAPTURE_DESTINATION"] == {"Fn::Join": ["", ["s3://", BUCKET_NAME, "/capture/"]]}
+    assert environment["MME_CAPTURE_KMS_KEY_ID"] == KEY_ARN
+    assert environment["MME_CAPTURE_PERCENT"] == "0.0"  # the container's own default is 100
+    assert environment["MME_CAPTURE_MODEL_PERCENT"] == '{"sentiment.tar.gz": 100.0, "topic.tar.gz": 0.0}'
+    assert environment["MME_CAPTURE_CONTENT"] == "inputs"
+    assert environment["MME_CAPTURE_MAX_RECORD_BYTES"] == "65536"
+    assert environment["MME_METRICS_ENDPOINT"] == "Mme-dev-Endpoint"
+
+
+def test_capture_grants_put_on_the_capture_prefix_and_a_data_key_only(capture_endpoint: Template) -> None:
+    assert _capture_statements(capture_endpoint) == {
+        "WriteCapturedRequests": {
+            "Action": "s3:PutObject",
+            "Effect": "Allow",
+            "Resource": {"Fn::Join": ["", ["arn:aws:s3:::", BUCKET_NAME, "/capture/*"]]},
+            "Sid": "WriteCapturedRequests",
+        },
+        "EncryptCapturedRequests": {
+            "Action": ["kms:Encrypt", "kms:GenerateDataKey"],
+            "Condition": {"StringEquals": {"kms:ViaService": "s3.eu-west-1.amazonaws.com"}},
+            "Effect": "Allow",
+            "Resource": KEY_ARN,
+            "Sid": "EncryptCapturedRequests",
+        },
+    }
+    # Nothing else new: it reads and lists the model prefix only, as without capture.
+    statements = _role_statements(capture_endpoint)
+    (get,) = [s for s in statements if "s3:GetObject" in _actions(s)]
+    assert _flat(get["Resource"]).endswith("/models/*")
+    (listing,) = [s for s in statements if "s3:ListBucket" in _actions(s)]
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": ["models/", "models/*"]}}
+    assert {a for s in statements for a in _actions(s) if a.startswith(("s3:", "kms:"))} == {
+        "s3:GetObject",
+        "s3:ListBucket",
+        "s3:PutObject",
+        "kms:Decrypt",
+        "kms:Encrypt",
+        "kms:GenerateDataKey",
+    }
+
+
+def test_capture_grants_pass_cdk_nag_with_a_specific_acknowledgement(capture_synth: Synthesized) -> None:
+    report = json.loads((capture_synth.outdir / "validation-report.json").read_text())
+    for plugin in report["pluginReports"]:
+        assert plugin["violations"] == [], plugin["violations"][:3]
+
+
+def test_the_stage_share_and_a_custom_capture_prefix_reach_destination_and_grant(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    synthesized = synth_app(
+        tmp_path_factory.mktemp("prefix"), {"stages": {"dev": {"capture_percent": 2.5, "capture_prefix": "requests/"}}}
+    )
+    template = synthesized.template(synthesized.stage("dev").endpoint)
+    environment = _environment(template)
+    assert environment["MME_CAPTURE_DESTINATION"] == {"Fn::Join": ["", ["s3://", BUCKET_NAME, "/requests/"]]}
+    assert environment["MME_CAPTURE_PERCENT"] == "2.5"
+    assert environment["MME_CAPTURE_MODEL_PERCENT"] == "{}"
+    put = _capture_statements(template)["WriteCapturedRequests"]
+    assert put["Resource"] == {"Fn::Join": ["", ["arn:aws:s3:::", BUCKET_NAME, "/requests/*"]]}

@@ -67,7 +67,75 @@ def test_container_environment_carries_every_tunable() -> None:
         "MME_PARALLEL_BATCHES": "2",
         "MME_MAX_WORKERS_PER_MODEL": "4",
         "MME_WORKER_IDLE_SECONDS": "60",
+        "MME_METRICS_ENABLED": "true",
+        "MME_METRICS_NAMESPACE": "MultiModelEndpoint/Models",
+        "MME_METRICS_INTERVAL_SECONDS": "60",
     }
+
+
+def test_capture_is_off_and_model_metrics_on_by_default() -> None:
+    stage = _load({}).stages[0]
+    assert stage.capture_percent == 0
+    assert dict(stage.capture_model_percent) == {}
+    assert stage.capture_content == "both"
+    assert stage.capture_max_record_kb == 256
+    assert stage.model_metrics
+    assert stage.alarm_model_error_rate_percent == 5
+    assert not stage.capture_enabled
+    env = stage.container_environment()
+    assert not [name for name in env if name.startswith("MME_CAPTURE_")]
+    assert env["MME_METRICS_ENABLED"] == "true"
+
+
+def test_capture_settings_reach_the_container_environment() -> None:
+    stage = _load(
+        {
+            "stages": {
+                "dev": {
+                    "capture_percent": 12.5,
+                    "capture_model_percent": {"topic.tar.gz": 0, "sentiment.tar.gz": 100},
+                    "capture_content": "inputs",
+                    "capture_max_record_kb": 64,
+                }
+            }
+        }
+    ).stages[0]
+    env = stage.container_environment()
+    assert {name: value for name, value in env.items() if name.startswith("MME_CAPTURE_")} == {
+        "MME_CAPTURE_PERCENT": "12.5",
+        "MME_CAPTURE_MODEL_PERCENT": '{"sentiment.tar.gz": 100.0, "topic.tar.gz": 0.0}',
+        "MME_CAPTURE_CONTENT": "inputs",
+        "MME_CAPTURE_MAX_RECORD_BYTES": str(64 * 1024),
+    }
+
+
+def test_a_model_override_turns_capture_on_although_the_stage_share_is_zero() -> None:
+    stage = _load({"stages": {"dev": {"capture_model_percent": {"models-v2/sentiment.tar.gz": 5}}}}).stages[0]
+    assert stage.capture_percent == 0
+    assert stage.capture_enabled
+    env = stage.container_environment()
+    # Set although 0: the container's own default share is 100.
+    assert env["MME_CAPTURE_PERCENT"] == "0.0"
+    assert env["MME_CAPTURE_MODEL_PERCENT"] == '{"models-v2/sentiment.tar.gz": 5.0}'
+
+
+def test_overrides_of_zero_alone_leave_capture_off() -> None:
+    stage = _load({"stages": {"dev": {"capture_model_percent": {"sentiment.tar.gz": 0}}}}).stages[0]
+    assert not stage.capture_enabled
+    assert "MME_CAPTURE_PERCENT" not in stage.container_environment()
+
+
+def test_capture_shares_are_floats_and_read_only() -> None:
+    stage = _load({"stages": {"dev": {"capture_percent": 10, "capture_model_percent": {"a.tar.gz": 1}}}}).stages[0]
+    assert isinstance(stage.capture_percent, float)
+    assert stage.capture_model_percent == {"a.tar.gz": 1.0}
+    with pytest.raises(TypeError):
+        stage.capture_model_percent["b.tar.gz"] = 5  # type: ignore[index]
+
+
+def test_model_metrics_off_tells_the_container() -> None:
+    stage = _load({"stages": {"dev": {"model_metrics": False}}}).stages[0]
+    assert stage.container_environment()["MME_METRICS_ENABLED"] == "false"
 
 
 @pytest.mark.parametrize("folder", ["tokenizers/bert-base-cased", "bert_base.v2", "a/b-c/d.e_f"])
@@ -112,6 +180,21 @@ def test_no_default_tokenizer_by_default() -> None:
         ({"default_tokenizer": "tokenizers/bert\n"}, ["stages.dev.default_tokenizer"]),
         ({"default_tokenizer": "t/" * 101 + "x"}, ["stages.dev.default_tokenizer", "at most 200 characters"]),
         ({"default_tokenizer": True}, ["stages.dev.default_tokenizer", "a string"]),
+        ({"capture_percent": 101}, ["stages.dev.capture_percent", "from 0 to 100"]),
+        ({"capture_percent": -1}, ["stages.dev.capture_percent", "from 0 to 100"]),
+        ({"capture_percent": "10"}, ["stages.dev.capture_percent", "a number"]),
+        ({"capture_percent": True}, ["stages.dev.capture_percent", "a number"]),
+        ({"capture_model_percent": {"sentiment model": 5}}, ["stages.dev.capture_model_percent", "sentiment model"]),
+        ({"capture_model_percent": {"": 5}}, ["stages.dev.capture_model_percent", "TargetModel"]),
+        ({"capture_model_percent": {"a.tar.gz": 150}}, ["stages.dev.capture_model_percent['a.tar.gz']", "0 to 100"]),
+        ({"capture_model_percent": {"a.tar.gz": "5"}}, ["stages.dev.capture_model_percent['a.tar.gz']", "number"]),
+        ({"capture_model_percent": ["a.tar.gz"]}, ["stages.dev.capture_model_percent", "an object"]),
+        ({"capture_content": "all"}, ["stages.dev.capture_content", "both | inputs | outputs"]),
+        ({"capture_max_record_kb": 0}, ["stages.dev.capture_max_record_kb", "from 1 to 6144"]),
+        ({"capture_max_record_kb": 6145}, ["stages.dev.capture_max_record_kb", "from 1 to 6144"]),
+        ({"model_metrics": "false"}, ["stages.dev.model_metrics", "true | false"]),
+        ({"alarm_model_error_rate_percent": 0}, ["stages.dev.alarm_model_error_rate_percent", "from 1 to 100"]),
+        ({"alarm_model_error_rate_percent": 101}, ["stages.dev.alarm_model_error_rate_percent", "from 1 to 100"]),
         ({"log_retention_days": 10}, ["stages.dev.log_retention_days", "14 | 30"]),
         ({"idle_minutes": 7}, ["stages.dev.idle_minutes", "a multiple of 5"]),
         ({"idle_minutes": 2000}, ["stages.dev.idle_minutes", "from 5 to 1440"]),
@@ -204,6 +287,7 @@ def test_bad_owner_or_direct_is_refused(context: dict[str, object], user: str, f
         ("target_memory_utilization_percent", "target_invocations_per_instance"),
         ("alarm_memory_utilization_percent", "steady state"),
         ("data_capture_percent", "DataCapture"),
+        ("data_capture_percent", "set capture_percent"),
     ],
 )
 def test_removed_keys_fail_with_the_reason(key: str, reason: str) -> None:

@@ -66,6 +66,10 @@ def baseline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, An
         ({"initial_instance_count": 2}, {"EndpointConfig"}),
         # Alarms and logs touch nothing that serves.
         ({"alarm_5xx_errors": 50, "log_retention_days": 90}, set()),
+        ({"alarm_model_error_rate_percent": 20}, set()),
+        # Turning capture on is a container setting (and a grant); its other settings while it is off are nothing.
+        ({"capture_percent": 10}, {"Model"}),
+        ({"capture_content": "inputs", "capture_max_record_kb": 64}, set()),
     ],
 )
 def test_a_change_touches_only_what_it_must_and_never_replaces_the_endpoint(

@@ -83,6 +83,7 @@ class TelemetryCollector:
         #: MMS's model name -> the target model its requests name; loads reported before the first request.
         self._targets: dict[str, str] = {}
         self._pending_loads: dict[str, list[float]] = {}
+        self._pending_since: dict[str, float] = {}
         self._stopping = threading.Event()
         self._server: _ReportServer | None = None
         self._threads: list[threading.Thread] = []
@@ -112,11 +113,13 @@ class TelemetryCollector:
                 # MMS's name is opaque: the load counts for the target model its first request names.
                 with self._names_lock:
                     self._pending_loads.setdefault(model_name, []).append(float(fields["seconds"]))
+                    self._pending_since.setdefault(model_name, time.monotonic())
             return
         model = str(fields.get("model") or model_name)
         with self._names_lock:
             self._targets[model_name] = model
             pending = self._pending_loads.pop(model_name, [])
+            self._pending_since.pop(model_name, None)
         for seconds in pending:
             self.metrics.load(model, seconds)
         if self.settings.metrics_enabled:
@@ -139,15 +142,17 @@ class TelemetryCollector:
         """Print the EMF documents of the period that ends now; how many."""
         registered = registered_models(self.settings)
         with self._names_lock:
-            # A load whose model had no request yet counts under MMS's name.
-            pending, self._pending_loads = self._pending_loads, {}
-            loaded = [self._targets.get(name, name) for name in registered or []]
+            # Only a model's first request names it (MMS's name is a hash): until then it is neither counted as
+            # loaded nor are its loads; a model unloaded before any request leaves no figure behind.
+            loaded = [self._targets[name] for name in registered or [] if name in self._targets]
             if registered is not None:
                 for gone in self._targets.keys() - set(registered):
                     del self._targets[gone]
-        for model_name, loads in pending.items():
-            for seconds in loads:
-                self.metrics.load(model_name, seconds)
+                # Older than a period, so MMS had registered it when asked, if it still had it.
+                stale = time.monotonic() - self.settings.metrics_interval_seconds
+                for gone in self._pending_loads.keys() - set(registered):
+                    if self._pending_since[gone] < stale:
+                        del self._pending_loads[gone], self._pending_since[gone]
         periods = self.metrics.take()
         documents = emf_documents(
             periods,

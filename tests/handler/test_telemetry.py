@@ -5,6 +5,7 @@ and tests/local/test_model_metrics.py."""
 from __future__ import annotations
 
 import base64
+import io
 import json
 import random
 import threading
@@ -16,6 +17,7 @@ import pytest
 
 from handler.settings import ServingSettings, SettingsError
 from handler.telemetry.capture import CaptureWriter, DirectorySink
+from handler.telemetry.collector import TelemetryCollector
 from handler.telemetry.metrics import MAX_VALUES, ModelPeriod, RequestFigures, emf_documents
 from handler.telemetry.names import RECORD_FIELDS, capture_folder, safe_model_path
 from handler.telemetry.records import CapturedRequest, capture_record
@@ -251,3 +253,20 @@ def test_a_malformed_telemetry_setting_names_its_variable(variable: str, value: 
     with pytest.raises(SettingsError, match=variable) as caught:
         ServingSettings.from_env({variable: value})
     assert message in str(caught.value)
+
+
+def test_a_load_counts_for_the_target_model_its_first_request_names(tmp_path: Path) -> None:
+    # No MMS answers on this port, so no model is listed as loaded: the figures come from the reports alone.
+    out = io.StringIO()
+    collector = TelemetryCollector(ServingSettings(run_dir=tmp_path, port=9), out=out)
+    collector.take({"kind": "load", "model_name": "m0123abcd", "seconds": 0.25, "ok": True}, b"")
+    assert collector.emit() == 0  # MMS's hash names nothing a reader knows: the load waits for its model's name
+    request = {"kind": "request", "model_name": "m0123abcd", "model": "team/sentiment.tar.gz", "status": 200,
+               "latency": 0.004, "model_latency": 0.003, "batch_size": 2, "received": WHEN.timestamp()}  # fmt: skip
+    collector.take(request, b"")
+    collector.take({**request, "status": 415, "model_latency": None, "batch_size": None}, b"")
+    assert collector.emit() == 1
+    (document,) = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert document["ModelName"] == "team/sentiment.tar.gz"
+    assert (document["Invocations"], document["Errors4xx"], document["LoadTime"]) == (2, [0, 1], [250.0])
+    assert (document["ModelLatency"], document["BatchSize"]) == ([3.0], [2])

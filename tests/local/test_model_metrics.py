@@ -152,7 +152,9 @@ def test_mme_top_shows_a_running_endpoints_busiest_models(serve: Callable[..., S
     client = endpoint.client()
     _send(client, "topic.tar.gz", GOOD)  # loaded, then idle
     _send(client, "sentiment.tar.gz", GOOD)
-    with BackgroundCalls([lambda: _send(client, "sentiment.tar.gz", GOOD), lambda: _send(client, "greedy", BAD)]):
+    with BackgroundCalls(
+        [lambda: _send(client, "sentiment.tar.gz", GOOD), lambda: _send(client, "sentiment-copy.tar.gz", BAD)]
+    ):
         answer = subprocess.run(
             [sys.executable, "-m", "mme.cli", "top", "--endpoint-url", endpoint.url, "--once", "--interval", "2"],
             capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"},
@@ -167,10 +169,10 @@ def test_mme_top_shows_a_running_endpoints_busiest_models(serve: Callable[..., S
     assert float(busy["REQ/S"].replace(",", "")) > 0
     assert float(busy["P50 MS"].replace(",", "")) > 0
     assert (busy["ERRORS"], busy["LOADED"]) == ("0", "yes")
-    failing = rows["greedy"]  # no such archive: every request is a 400 from the front end
+    failing = rows["sentiment-copy.tar.gz"]  # every request is a 400 from the model
     assert failing["ERRORS"] == failing["4XX"] != "0"
     assert failing["ERR %"] == "100.0"
-    assert failing["LOADED"] == "no"
+    assert failing["LOADED"] == "yes"
     idle = rows["topic.tar.gz"]
     assert (idle["REQUESTS"], idle["LOADED"]) == ("0", "yes")
     assert list(rows)[-1] == "topic.tar.gz"  # by requests per second: the idle model last

@@ -19,7 +19,7 @@ from mme.cli.output import environment_pairs, fail, parse_size
 from mme.endpoint import BODY_TIMEOUT_SECONDS, INVOCATION_TIMEOUT_SECONDS, SHUTDOWN_GRACE_SECONDS
 from mme.metrics import MAX_MODEL_LABELS
 from mme.models import LOAD_TIMEOUT_SECONDS, TOO_LARGE_SECONDS
-from mme.telemetry.capture_reading import capture_destination
+from mme.telemetry.capture_destination import capture_destination
 
 if TYPE_CHECKING:
     from mme.container import LocalContainer

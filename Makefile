@@ -64,9 +64,10 @@ reliability: setup $(DEMO_ARCHIVES)
 bench-load: setup $(DEMO_ARCHIVES)
 	$(PY) bench/load.py --models $(DEMO_MODELS)
 
-## bench: every figure of issue 11 (speed, then memory per model host mode) and the latency along each path,
+## bench: every figure of issue 11 (speed, then memory per model host mode), what telemetry costs (issue 13) and the
+## latency along each path,
 ## written to bench/results/ with BENCHMARKS.md summarizing them; about 40 minutes, nothing else may run MMS.
-bench: setup $(DEMO_ARCHIVES) bench-speed bench-density-modes
+bench: setup $(DEMO_ARCHIVES) bench-speed bench-density-modes bench-telemetry
 	$(PY) bench/latency.py --models $(DEMO_MODELS)
 
 ## image: build container/Dockerfile as $(MME_IMAGE) on a local Docker engine (as root: installs and starts the
@@ -77,6 +78,12 @@ image:
 
 clean:
 	rm -rf build cdk.out .pytest_cache .ruff_cache
+
+## bench-telemetry: what per-model metrics and request capture cost a request (off, metrics, capture to a folder,
+## capture to a failing S3), written to bench/results/telemetry.{json,md}. Needs no other MMS running on the host.
+.PHONY: bench-telemetry
+bench-telemetry: setup $(DEMO_ARCHIVES)
+	$(PY) bench/telemetry.py --models $(DEMO_MODELS)
 
 ## bench-speed: issue 11's speed ratios (mme serve / in process: warm p50, throughput at concurrency 8, cold first
 ## invoke) for a demo-size and a bert-base-shape model, written to bench/results/speed.{json,md,png}. Needs no

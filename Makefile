@@ -65,8 +65,8 @@ bench-load: setup $(DEMO_ARCHIVES)
 	$(PY) bench/load.py --models $(DEMO_MODELS)
 
 ## bench: every figure of issue 11 (speed, then memory per model host mode), what telemetry costs (issue 13) and the
-## latency along each path,
-## written to bench/results/ with BENCHMARKS.md summarizing them; about 40 minutes, nothing else may run MMS.
+## latency along each path, written to bench/results/ with BENCHMARKS.md summarizing them; about 45 minutes, nothing
+## else may run MMS.
 bench: setup $(DEMO_ARCHIVES) bench-speed bench-density-modes bench-telemetry
 	$(PY) bench/latency.py --models $(DEMO_MODELS)
 

@@ -22,7 +22,14 @@ from aws_cdk import aws_ssm as ssm
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 
-from mme.aws.names import AWAKE, BUCKET_PARAMETER, ENDPOINT_STATE_PARAMETER, KEY_ARN_PARAMETER, MODEL_PREFIX_PARAMETER
+from mme.aws.names import (
+    AWAKE,
+    BUCKET_PARAMETER,
+    CAPTURE_PREFIX_PARAMETER,
+    ENDPOINT_STATE_PARAMETER,
+    KEY_ARN_PARAMETER,
+    MODEL_PREFIX_PARAMETER,
+)
 from stacks.settings import StageSettings
 
 #: Logical IDs of the stateful resources. They are pinned (tests/stacks/test_model_store_stack.py) because a new logical
@@ -209,10 +216,11 @@ class ModelStoreStack(Stack):
     protected in every stage; CloudFormation also refuses to delete it while the endpoint stack imports its exports.
 
     Exposes `store`, CloudFormation outputs and SSM parameters (`<ssm_prefix>/bucket`, `<ssm_prefix>/key-arn`,
-    `<ssm_prefix>/model-prefix`), through which the `mme` CLI finds the bucket even while the endpoint stack is
-    destroyed. The parameters are retained too: after the stack is deleted they still point at the retained bucket,
-    and a new store stack for the stage fails to create (the parameter exists) instead of silently pointing them at
-    a new empty bucket; README, "What each change does", says how to adopt the retained store.
+    `<ssm_prefix>/model-prefix`, `<ssm_prefix>/capture-prefix`), through which the `mme` CLI finds the bucket and
+    where in it models and captured requests live, even while the endpoint stack is destroyed. The parameters are
+    retained too: after the stack is deleted they still point at the retained bucket, and a new store stack for the
+    stage fails to create (the parameter exists) instead of silently pointing them at a new empty bucket; README,
+    "What each change does", says how to adopt the retained store.
     """
 
     def __init__(self, scope: Construct, construct_id: str, *, settings: StageSettings, **kwargs: object) -> None:
@@ -253,6 +261,12 @@ class ModelStoreStack(Stack):
                 MODEL_PREFIX_PARAMETER,
                 settings.model_prefix,
                 "Key prefix of the model archives (TargetModel is relative to it)",
+            ),
+            (
+                "CapturePrefixParameter",
+                CAPTURE_PREFIX_PARAMETER,
+                settings.capture_prefix,
+                "Key prefix the endpoint captures requests to (mme capture read)",
             ),
         )
         for construct_id, name, value, description in parameters:

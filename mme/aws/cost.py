@@ -14,7 +14,12 @@ per-worker mode; `handler/memory.py`), and the copies per model are its workers 
 model and a TensorFlow runtime), one in shared mode.
 
 A deployed stage is read as it runs: its endpoint's instance type, live instance count and volume; the model's
-container environment (load reserve, workers per model); and the hours it was awake, from CloudWatch.
+container environment (load reserve, workers per model, whether per-model metrics are on); and the hours it was
+awake, from CloudWatch.
+
+Per-model metrics (`handler/telemetry/names.py`) are custom CloudWatch metrics, billed per metric-month pro-rated by
+the hours each receives data, so what they cost depends on traffic nobody here knows: the estimate gives their upper
+bound, every model sending every metric every hour the endpoint is awake.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from handler.settings import ServingSettings, SettingsError
+from handler.telemetry.names import METRIC_UNITS
 from mme import MmeError
 from mme.aws.stage import DeployedStage
 
@@ -45,9 +51,11 @@ DEFAULT_INSTANCE_TYPE = "ml.m5.large"
 DEFAULT_INSTANCE_COUNT = 1
 DEFAULT_VOLUME_SIZE_GB = 30
 DEFAULT_MODEL_COUNTS = (10, 50, 200)
-#: What the endpoint stack holds besides instances and volumes (README, "Deploying to AWS"): six alarms, one
-#: dashboard. The model store stack holds one KMS key, billed whether the endpoint exists or not.
+#: What the endpoint stack holds besides instances and volumes (README, "Deploying to AWS"): six alarms of its own,
+#: one more with per-model metrics (the worst model's error rate, stacks/model_monitoring.py), one dashboard. The
+#: model store stack holds one KMS key, billed whether the endpoint exists or not.
 ENDPOINT_ALARMS = 6
+MODEL_METRICS_ALARMS = 1
 ENDPOINT_DASHBOARDS = 1
 STORE_KMS_KEYS = 1
 #: Where SageMaker publishes an endpoint's instance metrics; an hour with a datapoint is an hour it existed.
@@ -55,6 +63,8 @@ ENDPOINT_METRICS_NAMESPACE = "/aws/sagemaker/Endpoints"
 AWAKE_METRIC = "CPUUtilization"
 #: The variant every stage's endpoint serves (stacks/multi_model_endpoint.py).
 VARIANT_NAME = "AllTraffic"
+#: Custom metrics each model can create: every per-model metric the container writes (handler/telemetry/names.py).
+METRICS_PER_MODEL = len(METRIC_UNITS)
 
 _GIB = 1024**3
 _MIB = 1024**2
@@ -105,6 +115,8 @@ class PriceTable:
     alarm_usd_month: float
     dashboard_usd_month: float
     s3_usd_per_gb_month: float
+    #: One custom metric receiving data every hour of the month (the first tier's price, the highest).
+    custom_metric_usd_month: float
 
     def instance(self, name: str) -> InstanceType:
         """The row of instance type `name`.
@@ -150,6 +162,7 @@ def load_prices(path: Path = PRICES_FILE) -> PriceTable:
             alarm_usd_month=float(other["alarm_usd_month"]),
             dashboard_usd_month=float(other["dashboard_usd_month"]),
             s3_usd_per_gb_month=float(other["s3_usd_per_gb_month"]),
+            custom_metric_usd_month=float(other["custom_metric_usd_month"]),
         )
     except OSError as error:
         raise PriceTableError(f"cannot read the price table {path}: {error.strerror or error}") from None
@@ -222,6 +235,7 @@ _FIGURES = {
     "volume_size_gb": "volume per instance, GB",
     "reserve_mb": "load reserve, MiB",
     "workers_per_model": "model copies per model (workers holding a runtime)",
+    "model_metrics": "per-model metrics",
 }
 
 _STAGE_DEFAULT = "a stage's default, stacks/settings.py"
@@ -233,6 +247,7 @@ _DEFAULT_SOURCES = {
     "volume_size_gb": _STAGE_DEFAULT,
     "reserve_mb": _CONTAINER_DEFAULT,
     "workers_per_model": _CONTAINER_DEFAULT,
+    "model_metrics": _STAGE_DEFAULT,
 }
 
 
@@ -248,6 +263,9 @@ class EndpointConfiguration:
     #: (:attr:`~handler.settings.ServingSettings.memory_kept_free_mb`, ``runtimes_per_model``).
     reserve_mb: int = ServingSettings().memory_kept_free_mb
     workers_per_model: int = ServingSettings().runtimes_per_model
+    #: Whether the container writes per-model metrics (``MME_METRICS_ENABLED``, a stage's `model_metrics`), which
+    #: also adds their alarm.
+    model_metrics: bool = True
     #: Where each figure (a field name) came from; a figure not named is the default.
     sources: Mapping[str, str] = field(default_factory=dict)
 
@@ -256,7 +274,10 @@ class EndpointConfiguration:
         lines = []
         for key, label in _FIGURES.items():
             value = getattr(self, key)
-            shown = f"{value:.0f}" if isinstance(value, float) else str(value)
+            if isinstance(value, bool):
+                shown = "on" if value else "off"
+            else:
+                shown = f"{value:.0f}" if isinstance(value, float) else str(value)
             lines.append(f"{label}: {shown} ({self.sources.get(key, _DEFAULT_SOURCES[key])})")
         return tuple(lines)
 
@@ -293,13 +314,18 @@ class StageReading:
 
 @dataclass(frozen=True, kw_only=True)
 class CostRow:
-    """The monthly cost of `models` models on one multi-model endpoint and on one endpoint each (USD)."""
+    """The monthly cost of `models` models on one multi-model endpoint and on one endpoint each (USD).
+
+    `model_metrics_usd` is the most the multi-model endpoint's per-model metrics of `models` models cost (every
+    model sending every metric every hour awake), apart from `mme_usd`; 0 with per-model metrics off.
+    """
 
     models: int
     instances: int
     mme_usd: float
     single_endpoints: int
     single_usd: float
+    model_metrics_usd: float = 0.0
 
     @property
     def saving_usd(self) -> float:
@@ -391,7 +417,8 @@ def store_bytes(s3: Any, stage: DeployedStage) -> int:
 
 def read_stage(session: Any, stage: DeployedStage, *, now: datetime | None = None) -> StageReading:
     """Read what `stage` is billed for with a boto3 `session`: its endpoint (None when it does not exist), the
-    container's load reserve and workers, the hours it was awake (CloudWatch, else 730 assumed) and its store."""
+    container's load reserve, workers and per-model metrics switch, the hours it was awake (CloudWatch, else 730
+    assumed) and its store."""
     now = now or datetime.now(UTC)
     store = store_bytes(session.client("s3"), stage)
     if stage.endpoint_name is None:
@@ -429,6 +456,7 @@ def read_stage(session: Any, stage: DeployedStage, *, now: datetime | None = Non
             volume_size_gb=volume,
             reserve_mb=settings.memory_kept_free_mb,
             workers_per_model=settings.runtimes_per_model,
+            model_metrics=settings.metrics_enabled,
             sources={
                 "instance_type": f"endpoint config {endpoint['EndpointConfigName']}",
                 "instance_count": f"the variant's current count, endpoint {endpoint.get('EndpointStatus', '?')}",
@@ -436,6 +464,7 @@ def read_stage(session: Any, stage: DeployedStage, *, now: datetime | None = Non
                 "volume_size_gb": f"endpoint config {endpoint['EndpointConfigName']}",
                 "reserve_mb": container,
                 "workers_per_model": f"{container}, {settings.model_host} mode",
+                "model_metrics": f"{container}, MME_METRICS_ENABLED",
             },
         ),
     )
@@ -443,6 +472,16 @@ def read_stage(session: Any, stage: DeployedStage, *, now: datetime | None = Non
 
 def _volume_usd(prices: PriceTable, gb: int, hours: float) -> float:
     return gb * prices.ebs_usd_per_gb_month * hours / HOURS_PER_MONTH
+
+
+def model_metrics_usd(endpoint: EndpointConfiguration, models: int, *, prices: PriceTable) -> float:
+    """The most the per-model metrics of `models` models cost a month on `endpoint`: `METRICS_PER_MODEL` custom
+    metrics each, receiving data every hour the endpoint is awake (a metric is billed for the hours it receives
+    data), at the first tier's price. 0 when the endpoint writes no per-model metrics."""
+    if not endpoint.model_metrics:
+        return 0.0
+    metric_months = models * METRICS_PER_MODEL * endpoint.hours_awake / HOURS_PER_MONTH
+    return metric_months * prices.custom_metric_usd_month
 
 
 def estimate_cost(
@@ -498,13 +537,15 @@ def estimate_cost(
                 mme_usd=mme,
                 single_endpoints=models,
                 single_usd=models * single_each,
+                model_metrics_usd=model_metrics_usd(endpoint, models, prices=prices),
             )
         )
     awake_share = endpoint.hours_awake / HOURS_PER_MONTH
+    alarms = ENDPOINT_ALARMS + (MODEL_METRICS_ALARMS if endpoint.model_metrics else 0)
     other = {
         "the store's KMS key": STORE_KMS_KEYS * prices.kms_key_usd_month,
-        f"{ENDPOINT_ALARMS} alarms and {ENDPOINT_DASHBOARDS} dashboard while awake": awake_share
-        * (ENDPOINT_ALARMS * prices.alarm_usd_month + ENDPOINT_DASHBOARDS * prices.dashboard_usd_month),
+        f"{alarms} alarms and {ENDPOINT_DASHBOARDS} dashboard while awake": awake_share
+        * (alarms * prices.alarm_usd_month + ENDPOINT_DASHBOARDS * prices.dashboard_usd_month),
     }
     if store_bytes is not None:
         other[f"S3, {store_bytes / _GB:.2f} GB of models"] = store_bytes / _GB * prices.s3_usd_per_gb_month
@@ -537,8 +578,8 @@ def asleep_cost(stage: StageReading, *, prices: PriceTable, title: str) -> CostE
             f"S3, {gb:.2f} GB of models": gb * prices.s3_usd_per_gb_month,
         },
         assumptions=(
-            f"the endpoint does not exist (asleep or destroyed): no instance, volume, alarm or dashboard is billed; "
-            f"wake it with `npx cdk deploy {stage.stage.endpoint_stack}`",
+            "the endpoint does not exist (asleep or destroyed): no instance, volume, alarm, dashboard or per-model "
+            f"metric is billed; wake it with `npx cdk deploy {stage.stage.endpoint_stack}`",
             "to see what it costs awake: --hours-awake H (and --instance-type, --instances)",
             *_price_notes(prices, stage.stage.region),
         ),
@@ -640,5 +681,22 @@ def _assumptions(
         f"one endpoint per model: the cheapest instance type that holds one model, {single.name} "
         f"(USD {single.usd_per_hour:g}/h), {HOURS_PER_MONTH:.0f} h each, with a {endpoint.volume_size_gb} GB volume",
         f"volumes: USD {prices.ebs_usd_per_gb_month:g} per GB-month while the instance exists",
+        *_model_metrics_notes(endpoint, prices),
         *_price_notes(prices, region),
+    )
+
+
+def _model_metrics_notes(endpoint: EndpointConfiguration, prices: PriceTable) -> tuple[str, ...]:
+    if not endpoint.model_metrics:
+        return ("per-model metrics: none, and no alarm on them (the stage's model_metrics is false)",)
+    return (
+        f"per-model metrics, an upper bound: {METRICS_PER_MODEL} custom metrics per model, each billed USD "
+        f"{prices.custom_metric_usd_month:.2f} per metric-month (the first tier, an account's first 10,000 metrics, "
+        f"the dearest) pro-rated by the hours it receives data, counted for every hour awake "
+        f"({endpoint.hours_awake:.0f} h); a model without requests sends only Loaded while it is loaded, and nothing "
+        "once unloaded",
+        "per-model metrics are the multi-model endpoint's own (one endpoint per model gets SageMaker's per-endpoint "
+        "metrics free), so they are in no column; their log lines are billed as CloudWatch Logs ingestion, not counted "
+        f"here; their alarm (a Metrics Insights query) is counted as one alarm of USD {prices.alarm_usd_month:.2f}; "
+        "a stage's model_metrics: false removes them and the alarm",
     )

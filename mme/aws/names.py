@@ -26,6 +26,9 @@ ENDPOINT_UNIT = "Endpoint"
 BUCKET_PARAMETER = "bucket"
 KEY_ARN_PARAMETER = "key-arn"
 MODEL_PREFIX_PARAMETER = "model-prefix"
+#: Where the endpoint captures requests in the bucket (the stage setting `capture_prefix`, e.g. "capture/"). A store
+#: deployed before this parameter existed lacks it; readers then assume the default (`mme.aws.stage`).
+CAPTURE_PREFIX_PARAMETER = "capture-prefix"
 ENDPOINT_NAME_PARAMETER = "endpoint-name"
 #: The stage's sleep switch: `AWAKE` or `ASLEEP`. The endpoint stack reads it as an SSM-typed stack parameter on every
 #: create and update, whoever runs it (`cdk deploy`, the pipeline, `mme sleep`/`wake`, idle auto-sleep), so every path

@@ -11,9 +11,11 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from handler.telemetry.names import CAPTURE_PREFIX
 from mme import MmeError
 from mme.aws.names import (
     BUCKET_PARAMETER,
+    CAPTURE_PREFIX_PARAMETER,
     ENDPOINT_NAME_PARAMETER,
     ENDPOINT_STATE_PARAMETER,
     ENDPOINT_UNIT,
@@ -24,6 +26,9 @@ from mme.aws.names import (
 
 #: Environment variable naming the owner of directly deployed stages, for `--owner`'s default.
 OWNER_VARIABLE = "MME_OWNER"
+#: The capture prefix of a stage whose store does not publish one (deployed before `CAPTURE_PREFIX_PARAMETER`
+#: existed): a stage's default `capture_prefix` (stacks/settings.py).
+DEFAULT_CAPTURE_PREFIX = f"{CAPTURE_PREFIX}/"
 
 
 class StageNotFoundError(MmeError):
@@ -35,12 +40,15 @@ class DeployedStage:
     """Where a stage's models live and what its endpoint is called, as its stacks published them.
 
     `endpoint_name` is None while the endpoint stack does not exist (never deployed, or destroyed).
+    `capture_prefix` is where in the bucket the endpoint captures requests (`DEFAULT_CAPTURE_PREFIX` for a store
+    that does not publish it).
     """
 
     names: StageNames
     region: str
     bucket: str
     model_prefix: str
+    capture_prefix: str
     endpoint_name: str | None
 
     @property
@@ -75,6 +83,9 @@ def _parameter(ssm: Any, name: str) -> str | None:
 def find_stage(session: Any, names: StageNames, *, ssm_prefix: str | None = None) -> DeployedStage:
     """Read the stage's parameters under `ssm_prefix` (default: the names' own) with a boto3 `session`.
 
+    The capture prefix parameter is optional: a store stack last deployed before it existed is taken to capture
+    under the default (`DEFAULT_CAPTURE_PREFIX`); deploying that stack again publishes its real prefix.
+
     Raises `StageNotFoundError` when the model store's parameters are missing, naming the stack to deploy and the
     region and owner looked in.
     """
@@ -97,5 +108,6 @@ def find_stage(session: Any, names: StageNames, *, ssm_prefix: str | None = None
         region=region,
         bucket=bucket,
         model_prefix=model_prefix,
+        capture_prefix=_parameter(ssm, f"{prefix}/{CAPTURE_PREFIX_PARAMETER}") or DEFAULT_CAPTURE_PREFIX,
         endpoint_name=_parameter(ssm, f"{prefix}/{ENDPOINT_NAME_PARAMETER}"),
     )

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from handler.telemetry.names import CAPTURE_PREFIX
+from mme.aws.stage import DEFAULT_CAPTURE_PREFIX
 from mme.cli import MmeTyper, app
 from mme.cli.output import fail
 from mme.cli.stage_options import OwnerOption, RegionOption, aws_session, deployed_stage
@@ -36,7 +36,8 @@ def _moment(option: str, text: str, now: datetime) -> datetime:
 
 
 def _capture(*, stage: str, owner: str, source: str | None, prefix: str | None, region: str | None) -> CaptureLocation:
-    """The capture named by ``--stage [--owner] [--prefix]`` or ``--source``."""
+    """The capture named by ``--stage [--owner] [--prefix]`` (the stage's published capture prefix unless ``--prefix``
+    names another) or ``--source``."""
     if bool(stage) == (source is not None):
         raise fail(
             "give either --stage (a deployed stage's capture) or --source (a folder or s3://bucket/prefix/), "
@@ -47,7 +48,7 @@ def _capture(*, stage: str, owner: str, source: str | None, prefix: str | None, 
     if stage:
         session = aws_session(region)
         deployed = deployed_stage(session, stage, owner)
-        return open_capture(f"s3://{deployed.bucket}/{prefix or CAPTURE_PREFIX + '/'}", session=session)
+        return open_capture(f"s3://{deployed.bucket}/{prefix or deployed.capture_prefix}", session=session)
     assert source is not None
     return open_capture(source, session=aws_session(region) if source.startswith("s3://") else None)
 
@@ -65,8 +66,9 @@ def read(
     prefix: Annotated[
         str | None,
         typer.Option(
-            help=f"With --stage: the capture prefix in the model bucket (the stage setting capture_prefix; default "
-            f"{CAPTURE_PREFIX}/)."
+            help="With --stage: read under this prefix of the model bucket instead of the one the stage publishes "
+            f"(its capture_prefix setting, SSM <ssm_prefix>/capture-prefix; {DEFAULT_CAPTURE_PREFIX} for a store "
+            "deployed before that parameter)."
         ),
     ] = None,
     source: Annotated[

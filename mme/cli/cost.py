@@ -11,6 +11,7 @@ import typer
 from mme.aws.cost import (
     DEFAULT_MODEL_COUNTS,
     DENSITY_FILE,
+    METRICS_PER_MODEL,
     PRICES_FILE,
     CostEstimate,
     load_density,
@@ -119,6 +120,21 @@ def _other_costs(estimate: CostEstimate) -> str:
     return f"USD {_usd(estimate.other_total_usd)}/month ({items})"
 
 
+def _model_metrics_costs(estimate: CostEstimate) -> str | None:
+    """The per-model metrics' upper bound for each model count, or None when the endpoint writes none."""
+    rows = [row for row in estimate.rows if row.model_metrics_usd]
+    if not rows:
+        return None
+    items = ", ".join(
+        f"up to {row.models} models x {METRICS_PER_MODEL} metrics USD {_usd(row.model_metrics_usd)}/month"
+        for row in rows
+    )
+    return (
+        f"Per-model metrics, an upper bound (every model busy every hour awake), in no column: {items}; a stage's "
+        "model_metrics: false removes them"
+    )
+
+
 def render_text(estimate: CostEstimate) -> str:
     """The estimate as aligned plain text: title, table, the stage's other costs, then the assumptions."""
     lines = [estimate.title, ""]
@@ -128,6 +144,9 @@ def render_text(estimate: CostEstimate) -> str:
         for cells in (header, *body):
             lines.append("  ".join(cell.rjust(width) for cell, width in zip(cells, widths, strict=True)))
         lines += ["", f"Also billed for the stage, in no column: {_other_costs(estimate)}"]
+        metrics = _model_metrics_costs(estimate)
+        if metrics:
+            lines += ["", metrics]
     else:
         lines.append(f"Billed for the stage: {_other_costs(estimate)}")
     lines += ["", "Assumptions:", *(f"- {note}" for note in estimate.assumptions)]
@@ -147,6 +166,9 @@ def render_markdown(estimate: CostEstimate) -> str:
             "",
             f"Also billed for the stage, in no column: {_other_costs(estimate)}.",
         ]
+        metrics = _model_metrics_costs(estimate)
+        if metrics:
+            lines += ["", f"{metrics}."]
     else:
         lines.append(f"Billed for the stage: {_other_costs(estimate)}.")
     lines += ["", "Assumptions:", "", *(f"- {note}" for note in estimate.assumptions)]

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import boto3
 import pytest
 from moto import mock_aws
-from moto_stage import NAMES, REGION, STACK, STAND_IN_TEMPLATE, SWITCH, MotoStage
+from moto_stage import NAMES, REGION, STACK, STAND_IN_TEMPLATE, STORE_PARAMETERS, SWITCH, MotoStage
 
 from mme.aws.names import AWAKE
 
@@ -22,7 +22,7 @@ def moto_stage(monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoStage]:
     with mock_aws():
         session = boto3.session.Session(region_name=REGION)
         ssm = session.client("ssm")
-        for name, value in (("bucket", "models-bucket"), ("model-prefix", "models/"), ("endpoint-name", STACK)):
+        for name, value in {**STORE_PARAMETERS, "endpoint-name": STACK}.items():
             ssm.put_parameter(Name=f"{NAMES.ssm_prefix}/{name}", Value=value, Type="String")
         ssm.put_parameter(Name=SWITCH, Value=AWAKE, Type="String")
         session.client("cloudformation").create_stack(StackName=STACK, TemplateBody=json.dumps(STAND_IN_TEMPLATE))

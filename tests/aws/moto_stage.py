@@ -19,6 +19,9 @@ NAMES = StageNames(stage="dev")
 STACK = NAMES.stack_name("Endpoint")
 SWITCH = f"{NAMES.ssm_prefix}/endpoint-state"
 KEEP_AWAKE = f"{NAMES.ssm_prefix}/keep-awake"
+#: What the model store stack publishes under the stage's prefix, by parameter name. The capture prefix is not the
+#: default, so a reader that assumed the default instead of reading it would be caught.
+STORE_PARAMETERS = {"bucket": "models-bucket", "model-prefix": "models/", "capture-prefix": "requests/"}
 
 #: The endpoint stack's parameter and condition as the CDK app writes them (tests/stacks pins the real template).
 STAND_IN_TEMPLATE = {

@@ -114,25 +114,49 @@ def test_reads_an_s3_prefix(s3: Any, scenario: tuple[list[tuple[str, bytes]], di
     assert _lines(result.stdout) == [scenario[1]["t1"]]
 
 
-def test_a_stage_is_read_under_its_bucket_s_capture_prefix(
+def _deploy_store(**parameters: str) -> None:
+    """The SSM parameters of stage dev of owner alice's model store: bucket, model prefix and `parameters`."""
+    ssm = boto3.client("ssm", region_name=REGION)
+    for name, value in {"bucket": BUCKET, "model-prefix": "models/", **parameters}.items():
+        ssm.put_parameter(Name=f"/mme/alice/dev/{name}", Value=value, Type="String")
+
+
+STAGE_READ = ["capture", "read", "--stage", "dev", "--owner", "alice", "--model", SENTIMENT, *SEVEN_TO_EIGHT]
+
+
+def test_a_stage_is_read_under_the_capture_prefix_it_publishes(
     s3: Any, scenario: tuple[list[tuple[str, bytes]], dict[str, dict[str, Any]]]
 ) -> None:
-    ssm = boto3.client("ssm", region_name=REGION)
-    ssm.put_parameter(Name="/mme/alice/dev/bucket", Value=BUCKET, Type="String")
-    ssm.put_parameter(Name="/mme/alice/dev/model-prefix", Value="models/", Type="String")
+    _deploy_store(**{"capture-prefix": "team-a/requests/"})
     for name, data in scenario[0]:
-        s3.put_object(Bucket=BUCKET, Key=f"capture/{name}", Body=data)
+        s3.put_object(Bucket=BUCKET, Key=f"team-a/requests/{name}", Body=data)
         s3.put_object(Bucket=BUCKET, Key=f"elsewhere/{name}", Body=data)
-    read = ["capture", "read", "--stage", "dev", "--owner", "alice", "--model", SENTIMENT, *SEVEN_TO_EIGHT]
 
-    default = runner.invoke(app, read)
-    moved = runner.invoke(app, [*read, "--prefix", "elsewhere/"])
+    published = runner.invoke(app, STAGE_READ)
+    moved = runner.invoke(app, [*STAGE_READ, "--prefix", "elsewhere/"])
+    default = runner.invoke(app, [*STAGE_READ, "--prefix", "capture/"])
 
     expected = [scenario[1][name] for name in IN_SEVEN_TO_EIGHT]
-    assert default.exit_code == 0, default.output
-    assert _lines(default.stdout) == expected
+    assert published.exit_code == 0, published.output
+    assert _lines(published.stdout) == expected
     assert moved.exit_code == 0, moved.output
     assert _lines(moved.stdout) == expected
+    # Nothing under the default prefix: the published one was read, not the default.
+    assert default.exit_code == 2
+    assert f"no capture of model '{SENTIMENT}' under s3://{BUCKET}/capture/" in default.stderr
+
+
+def test_a_stage_whose_store_publishes_no_capture_prefix_is_read_under_the_default(
+    s3: Any, scenario: tuple[list[tuple[str, bytes]], dict[str, dict[str, Any]]]
+) -> None:
+    _deploy_store()  # a store stack last deployed before the capture-prefix parameter existed
+    for name, data in scenario[0]:
+        s3.put_object(Bucket=BUCKET, Key=f"capture/{name}", Body=data)
+
+    result = runner.invoke(app, STAGE_READ)
+
+    assert result.exit_code == 0, result.output
+    assert _lines(result.stdout) == [scenario[1][name] for name in IN_SEVEN_TO_EIGHT]
 
 
 def test_a_captured_model_with_nothing_in_the_window_says_so_on_stderr(folder: Path) -> None:

@@ -36,6 +36,7 @@ kms_key_usd_month = 1.0
 alarm_usd_month = 0.10
 dashboard_usd_month = 3.0
 s3_usd_per_gb_month = 0.02
+custom_metric_usd_month = 0.30
 
 [instance_types."ml.m5.large"]
 usd_per_hour = 0.10
@@ -120,8 +121,17 @@ def test_cost_of_the_default_stage_against_one_endpoint_per_model(inputs: list[s
     assert "models per ml.m5.large: 26 = (8 GiB - 1024 MiB fixed - 512 MiB load reserve) // 250 MiB" in out
     assert "density: density.json, measured 2026-11-20T10:00:00+00:00" in out
     assert "hours awake per month: 730 (assumed: always awake)" in out
-    # The stage's other costs: the store's key, and six alarms and a dashboard for the whole month.
-    assert "USD 4.60/month" in out
+    # The stage's other costs: the store's key, and seven alarms (six of the endpoint's, one on the per-model
+    # metrics, which are on by default) and a dashboard for the whole month.
+    assert "USD 4.70/month (the store's KMS key 1.00, 7 alarms and 1 dashboard while awake 3.70)" in out
+    # The per-model metrics apart, per model count: 9 metrics a model, USD 0.30 each for every hour of the month.
+    (metrics,) = [line for line in out.splitlines() if line.startswith("Per-model metrics")]
+    assert metrics == (
+        "Per-model metrics, an upper bound (every model busy every hour awake), in no column: "
+        "up to 10 models x 9 metrics USD 27.00/month, up to 50 models x 9 metrics USD 135.00/month, "
+        "up to 200 models x 9 metrics USD 540.00/month; a stage's model_metrics: false removes them."
+    )
+    assert "per-model metrics: on (a stage's default, stacks/settings.py)" in out
 
 
 def test_hours_awake_prorate_instances_volumes_and_monitoring(inputs: list[str]) -> None:
@@ -132,7 +142,11 @@ def test_hours_awake_prorate_instances_volumes_and_monitoring(inputs: list[str])
     assert table["10"][1:5] == ["2", "x", "ml.m5.large", usd(2 * per_instance_month)]  # at least the 2 configured
     assert table["30"][1:5] == ["2", "x", "ml.m5.large", usd(2 * per_instance_month)]  # 27 + 3: two instances
     assert "hours awake per month: 176 (option)" in out
-    assert f"USD {usd(1 + 176 / 730 * (6 * 0.10 + 3))}/month" in out
+    assert f"USD {usd(1 + 176 / 730 * (7 * 0.10 + 3))}/month" in out
+    # A metric is billed for the hours it receives data: at most the hours the endpoint exists.
+    assert f"up to 10 models x 9 metrics USD {usd(10 * 9 * 0.30 * 176 / 730)}/month" in out
+    assert f"up to 30 models x 9 metrics USD {usd(30 * 9 * 0.30 * 176 / 730)}/month" in out
+    assert "counted for every hour awake (176 h)" in out
 
 
 def test_more_instances_than_the_models_need_are_all_paid(inputs: list[str]) -> None:
@@ -168,6 +182,7 @@ def test_the_shipped_price_table_and_density_are_readable() -> None:
     assert prices.instance("ml.m5.large").usd_per_hour == 0.115
     assert prices.instance("ml.m5.large").memory_gib == 8
     assert prices.region == "us-east-1"
+    assert prices.custom_metric_usd_month == 0.30  # CloudWatch's first tier, per metric-month
     assert prices.taken
     density = load_density()
     assert 0 < density.base_bytes <= density.fixed_bytes < 4 * GIB
@@ -257,6 +272,21 @@ def test_a_deployed_stage_is_costed_as_it_runs(aws: boto3.session.Session, input
     assert "hours awake per month: 730 (assumed always awake (730 h): CloudWatch has no CPUUtilization" in out
     # Three 10 MB versions under models/ (an overwritten key bills twice); capture/ is not the store's models.
     assert "S3, 0.03 GB of models" in out
+    assert "per-model metrics: on (model dev-model's container environment, MME_METRICS_ENABLED)" in out
+    assert "up to 40 models x 9 metrics USD 108.00/month" in out
+
+
+def test_a_deployed_stage_without_model_metrics_pays_for_neither_them_nor_their_alarm(
+    aws: boto3.session.Session, inputs: list[str]
+) -> None:
+    deploy_store(aws)
+    deploy_endpoint(aws, {"MME_METRICS_ENABLED": "false"})  # as a stage with model_metrics false sets it
+    status, out, err = cost(*inputs, "--stage", "dev", "--region", REGION, "--models", "10")
+    assert status == 0, err
+    assert "per-model metrics: off (model dev-model's container environment, MME_METRICS_ENABLED)" in out
+    assert f"6 alarms and 1 dashboard while awake {usd(6 * 0.10 + 3)}" in out
+    assert "Per-model metrics" not in out
+    assert "per-model metrics: none, and no alarm on them (the stage's model_metrics is false)" in out
 
 
 def test_a_deployed_shared_mode_stage_keeps_its_headroom_free_and_one_copy_of_each_model(
@@ -318,6 +348,7 @@ def test_an_asleep_stage_costs_only_its_store(
     assert "Stage dev in us-east-1: endpoint asleep or destroyed, the store only" in out
     assert f"Billed for the stage: USD {usd(1.0 + 0.03 * 0.02)}/month" in out
     assert "ml.m5.large" not in out.split("Assumptions:")[0]  # no table: nothing runs
+    assert "Per-model metrics" not in out  # no container writes any
     assert "npx cdk deploy Mme-dev-Endpoint" in out
 
 

@@ -10,6 +10,8 @@ from aws_cdk import App, Stack
 from aws_cdk.assertions import Template
 from cdk_synth import synth_app
 
+from handler.telemetry.names import METRIC_UNITS
+from mme.aws.cost import ENDPOINT_ALARMS, METRICS_PER_MODEL, MODEL_METRICS_ALARMS
 from stacks.model_monitoring import ModelMonitoring, model_query
 from stacks.settings import StageSettings
 
@@ -113,6 +115,15 @@ def test_the_worst_model_error_rate_alarms_on_one_metrics_insights_series(dev_en
     assert f"<{logical_id}.Arn>" in status["properties"]["alarms"]
 
 
+def test_mme_cost_counts_the_alarms_and_metrics_a_stage_with_model_metrics_has(dev_endpoint: Template) -> None:
+    alarms = dev_endpoint.find_resources("AWS::CloudWatch::Alarm")
+    assert len(alarms) == ENDPOINT_ALARMS + MODEL_METRICS_ALARMS == 7
+    assert len(_query_alarms(dev_endpoint)) == MODEL_METRICS_ALARMS
+    # Every metric the container can write for a model is priced, and the dashboard graphs each of them.
+    assert METRICS_PER_MODEL == len(METRIC_UNITS) == 9
+    assert {query.split("(")[1].split(")")[0] for query in DASHBOARD_QUERIES} == set(METRIC_UNITS)
+
+
 def test_the_error_rate_alarm_notifies_the_alarm_topic_with_the_stage_threshold(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
@@ -138,7 +149,8 @@ def test_without_model_metrics_there_are_no_model_widgets_no_model_alarm_and_the
     template = synthesized.template(synthesized.stage("dev").endpoint)
     assert not [e for e in _expressions(template) if "MultiModelEndpoint/Models" in e]
     assert _query_alarms(template) == {}
-    assert len(template.find_resources("AWS::CloudWatch::Alarm")) == 6  # the endpoint's own alarms stay
+    # The endpoint's own alarms stay: what `mme cost` bills a stage with model_metrics false.
+    assert len(template.find_resources("AWS::CloudWatch::Alarm")) == ENDPOINT_ALARMS == 6
     assert _environment(template)["MME_METRICS_ENABLED"] == "false"
     assert synthesized.stage("dev").endpoint.monitoring.models is None
 

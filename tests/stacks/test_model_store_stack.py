@@ -4,10 +4,33 @@ from __future__ import annotations
 
 import json
 
+import pytest
+from aws_cdk import App
 from aws_cdk.assertions import Match, Template
-from cdk_synth import Synthesized
+from cdk_synth import TEST_ENV, Synthesized, cdk_json_context
 
-from stacks.model_store import ACCESS_LOG_BUCKET_LOGICAL_ID, MODEL_BUCKET_LOGICAL_ID, MODEL_KEY_LOGICAL_ID
+from stacks.model_store import (
+    ACCESS_LOG_BUCKET_LOGICAL_ID,
+    MODEL_BUCKET_LOGICAL_ID,
+    MODEL_KEY_LOGICAL_ID,
+    ModelStoreStack,
+)
+from stacks.settings import StageSettings
+
+#: Logical IDs of every retained resource of the store as deployed stages have them. A retained resource whose
+#: logical ID changes is orphaned and created again, which fails for the fixed-name SSM parameters ("already
+#: exists") and makes a new, empty bucket or key; new resources are added here, existing ones never change.
+RETAINED_LOGICAL_IDS = {
+    "AWS::KMS::Key": {"ModelStoreKey"},
+    "AWS::S3::Bucket": {"ModelBucket", "AccessLogBucket"},
+    "AWS::S3::BucketPolicy": {"ModelStoreBucketPolicy638F2224", "ModelStoreAccessLogsPolicy559A1DA5"},
+    "AWS::SSM::Parameter": {
+        "BucketParameterEB93D4D4",
+        "KeyArnParameterAFA45664",
+        "ModelPrefixParameterAE6E4541",
+        "CapturePrefixParameter170E21E8",  # added with the capture prefix parameter (issue 13)
+    },
+}
 
 
 def test_stateful_logical_ids_are_pinned(dev_store: Template) -> None:
@@ -23,6 +46,15 @@ def test_stateful_logical_ids_are_pinned(dev_store: Template) -> None:
     assert resources["AccessLogBucket"]["Type"] == "AWS::S3::Bucket"
 
 
+def test_every_retained_resource_keeps_its_logical_id(dev_store: Template) -> None:
+    resources = dev_store.to_json()["Resources"]
+    retained = {
+        kind: {logical_id for logical_id, resource in resources.items() if resource["Type"] == kind}
+        for kind in RETAINED_LOGICAL_IDS
+    }
+    assert retained == RETAINED_LOGICAL_IDS
+
+
 def test_everything_in_the_store_is_retained_except_after_a_failed_create(dev_store: Template) -> None:
     # Buckets, key, both bucket policies (a retained bucket must keep refusing plain HTTP) and the SSM parameters
     # (they keep pointing at the retained bucket, and block a new store from silently replacing it). Not retained
@@ -30,7 +62,7 @@ def test_everything_in_the_store_is_retained_except_after_a_failed_create(dev_st
     stateful = {"AWS::S3::Bucket", "AWS::S3::BucketPolicy", "AWS::KMS::Key", "AWS::SSM::Parameter"}
     resources = dev_store.to_json()["Resources"]
     assert len(dev_store.find_resources("AWS::S3::BucketPolicy")) == 2
-    assert len(dev_store.find_resources("AWS::SSM::Parameter")) == 3
+    assert len(dev_store.find_resources("AWS::SSM::Parameter")) == 4
     for logical_id, resource in resources.items():
         if resource["Type"] in stateful:
             assert resource["DeletionPolicy"] == "RetainExceptOnCreate", logical_id
@@ -128,9 +160,36 @@ def test_captured_data_expires_but_models_do_not(dev_store: Template) -> None:
     assert [r["Prefix"] for r in expiring] == ["capture/"]
 
 
-def test_ssm_parameters_publish_bucket_key_and_prefix(dev_store: Template) -> None:
-    names = {p["Properties"]["Name"] for p in dev_store.find_resources("AWS::SSM::Parameter").values()}
-    assert names == {"/mme/dev/bucket", "/mme/dev/key-arn", "/mme/dev/model-prefix"}
+def _parameters(template: Template) -> dict[str, object]:
+    """The store's SSM parameters: name -> value (a literal, or the intrinsic that resolves to it)."""
+    return {
+        p["Properties"]["Name"]: p["Properties"]["Value"]
+        for p in template.find_resources("AWS::SSM::Parameter").values()
+    }
+
+
+def test_ssm_parameters_publish_bucket_key_and_both_prefixes(dev_store: Template) -> None:
+    assert _parameters(dev_store) == {
+        "/mme/dev/bucket": {"Ref": "ModelBucket"},
+        "/mme/dev/key-arn": {"Fn::GetAtt": ["ModelStoreKey", "Arn"]},
+        "/mme/dev/model-prefix": "models/",
+        "/mme/dev/capture-prefix": "capture/",
+    }
+
+
+@pytest.mark.parametrize("capture_prefix", ["capture/", "team-a/requests/"])
+def test_the_capture_prefix_parameter_holds_the_stage_s_setting(capture_prefix: str) -> None:
+    # The store alone, in an app with cdk.json's feature flags: a full synth per prefix would add nothing.
+    settings = StageSettings(name="dev", owner="alice", capture_prefix=capture_prefix)
+    stack = ModelStoreStack(App(context=cdk_json_context()), "ModelStore", settings=settings, env=TEST_ENV)
+    template = Template.from_stack(stack)
+
+    parameters = template.find_resources("AWS::SSM::Parameter").values()
+    (parameter,) = (p for p in parameters if p["Properties"]["Name"] == "/mme/alice/dev/capture-prefix")
+    assert parameter["Properties"]["Value"] == capture_prefix
+    assert parameter["DeletionPolicy"] == "RetainExceptOnCreate"
+    rules = template.to_json()["Resources"]["ModelBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    assert [r["Prefix"] for r in rules if "ExpirationInDays" in r] == [capture_prefix]
 
 
 def test_the_store_is_always_protected_and_the_endpoint_in_prod(synthesized: Synthesized) -> None:

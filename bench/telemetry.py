@@ -9,7 +9,9 @@ One demo model through ``mme serve`` (plain HTTP, shared mode), four ways, one a
   write fails after its retries; the records are counted and logged as lost).
 
 Each: p50/p99 at concurrency 1 and requests per second at concurrency 8 (bench/latency.py's measures), and the
-ratio to ``off``. Writes ``bench/results/telemetry.{json,md}``. Run with ``make bench-telemetry``.
+ratio to ``off``. Run-to-run noise on a 2-core machine is larger than what is measured, so the configurations are
+measured in ``--rounds`` interleaved rounds and each figure is the median of its rounds. Writes
+``bench/results/telemetry.{json,md}``. Run with ``make bench-telemetry``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import tempfile
 import threading
 from datetime import UTC, datetime
@@ -72,17 +75,25 @@ def main() -> None:
     parser.add_argument("--model", default="sentiment")
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--warmup", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     results: dict[str, object] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, Python {platform.python_version()}",
         "model": args.model,
         "requests_per_measure": args.requests,
+        "rounds": args.rounds,
     }
+    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in CONFIGURATIONS}
     with tempfile.TemporaryDirectory(prefix="mme-bench-telemetry-") as work_name:
-        for name, options in CONFIGURATIONS.items():
-            results[name] = measure_configuration(name, options, Path(work_name), args)
-            print(name, results[name], flush=True)
+        for round_number in range(args.rounds):
+            for name, options in CONFIGURATIONS.items():
+                work = Path(work_name) / f"round-{round_number}"
+                rounds[name].append(measure_configuration(name, options, work, args))
+                print(round_number, name, rounds[name][-1], flush=True)
+    for name, measured in rounds.items():
+        results[name] = {key: statistics.median(figures[key] for figures in measured) for key in measured[0]}
+        results[f"{name}_rounds"] = measured
     baseline = results["off"]
     assert isinstance(baseline, dict)
     rows = []
@@ -105,9 +116,10 @@ def main() -> None:
     assert isinstance(captured, dict)
     (RESULTS / "telemetry.md").write_text(
         f"# What metrics and capture cost a request, demo model {args.model!r} ({results['when']})\n\n"
-        f"{results['machine']}; `mme serve` over plain HTTP, shared mode; {args.requests} requests per figure.\n\n"
+        f"{results['machine']}; `mme serve` over plain HTTP, shared mode; {args.requests} requests per figure; "
+        f"each figure the median of {args.rounds} interleaved rounds.\n\n"
         f"{table}\n\n"
-        f"Records captured to the folder: {captured.get('records_captured')} (every request of the run). With the "
+        f"Records captured to the folder per round: {captured.get('records_captured')} (every request). With the "
         "failing S3 endpoint every write failed and its records were logged as lost; no request waited for it.\n"
     )
     print(table)

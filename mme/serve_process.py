@@ -77,6 +77,12 @@ class ServeProcess:
         match = re.search(pattern, text, re.MULTILINE)
         return float(match.group(1)) if match else 0.0
 
+    def metric_sum(self, name: str) -> float:
+        """The sum of every series of ``name`` from ``GET /metrics``, whatever their labels (0 when there is none)."""
+        text = requests.get(f"{self.url}/metrics", timeout=10).text
+        pattern = re.escape(name) + r"(?:\{[^}]*\})? ([0-9.e+-]+)$"
+        return sum(float(value) for value in re.findall(pattern, text, re.MULTILINE))
+
     def client(self, *, retries: int = 1) -> Any:
         """An unmodified boto3 SageMaker Runtime client for this endpoint; ``retries=1`` makes one attempt."""
         import boto3

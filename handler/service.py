@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from handler.mms_request import leave_load_error, reason_phrase, request_body, r
 from handler.model import TextClassifier, find_saved_model, load_model_dir
 from handler.request import answer_request
 from handler.settings import ServingSettings, load_error_file
-from handler.telemetry.reporter import report_request, reporter
+from handler.telemetry.reporter import reported_request, reporter
 
 logger = logging.getLogger(__name__)
 
@@ -86,38 +85,27 @@ def handle(data: list[dict[str, Any]] | None, context: Any) -> list[bytes] | Non
     assert settings is not None
     responses: list[bytes] = []
     for index, request in enumerate(data):
-        received, started = datetime.now(UTC), time.perf_counter()
         headers = request_headers(context, index)
-        status, model_seconds, batch_size = 200, None, None
-        try:
-            answer = answer_request(
-                classifier,
-                request_body(request),
-                headers.get("content-type"),
-                headers.get("accept"),
-                max_texts=settings.max_texts_per_request,
-            )
-            body, content_type = answer.body, answer.content_type
-            model_seconds, batch_size = answer.model_seconds, answer.batch_size
-        except HandlerError as error:
-            # Not the message: it may quote the request, and logs never hold request text.
-            logger.info("request %d rejected with %d (%s)", index, error.status, type(error).__name__)
-            status = error.status
-            context.set_response_status(error.status, reason_phrase(error.message), index)
-            body, content_type = encode_error(error.message), "application/json"
-        except ModelOutOfMemoryError:
-            # MMS answers 507 for the whole batch; the figures still count it.
-            report_request(
-                settings, model_name=model_name, headers=headers, body=request_body(request), status=507,
-                response=b"", response_type=None, received=received, started=started,
-            )  # fmt: skip
-            raise
-        context.set_response_content_type(index, content_type)
-        report_request(
-            settings, model_name=model_name, headers=headers, body=request_body(request), status=status,
-            response=body, response_type=content_type, received=received, started=started,
-            model_seconds=model_seconds, batch_size=batch_size,
-        )  # fmt: skip
+        payload = request_body(request)
+        with reported_request(settings, model_name=model_name, headers=headers, body=payload) as answered:
+            try:
+                answer = answer_request(
+                    classifier,
+                    payload,
+                    headers.get("content-type"),
+                    headers.get("accept"),
+                    max_texts=settings.max_texts_per_request,
+                )
+                status, body, content_type = 200, answer.body, answer.content_type
+                answered.model_seconds, answered.batch_size = answer.model_seconds, answer.batch_size
+            except HandlerError as error:
+                # Not the message: it may quote the request, and logs never hold request text.
+                logger.info("request %d rejected with %d (%s)", index, error.status, type(error).__name__)
+                status = error.status
+                context.set_response_status(error.status, reason_phrase(error.message), index)
+                body, content_type = encode_error(error.message), "application/json"
+            context.set_response_content_type(index, content_type)
+            answered.status, answered.response, answered.response_type = status, body, content_type
         # No response headers, on purpose (so X-Amzn-SageMaker-Custom-Attributes is not echoed): MMS 1.1.11's front
         # end decodes a worker's header map without waiting for all of it (CodecUtils.readMap ignores a buffer
         # under-run), so a map that straddles a socket read kills the worker, which happened from about 440

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from handler.host.client import ModelHostClient, ModelHostUnavailableError
 from handler.host.protocol import Message
 from handler.mms_request import leave_load_error, reason_phrase, request_body, request_headers
 from handler.settings import ServingSettings, load_error_file, model_host_socket
-from handler.telemetry.reporter import report_request, reporter
+from handler.telemetry.reporter import reported_request, reporter
 
 logger = logging.getLogger(__name__)
 
@@ -131,59 +130,29 @@ def handle(data: list[dict[str, Any]] | None, context: Any) -> list[bytes] | Non
     lease = _lease or _load(context)
     responses: list[bytes] = []
     for index, request in enumerate(data):
-        received, started = datetime.now(UTC), time.perf_counter()
         headers = request_headers(context, index)
-        model_seconds = batch_size = None
-        try:
-            answer = lease.answer(request_body(request), headers.get("content-type"), headers.get("accept"))
-            status, body, message = answer.status, answer.payload, answer.message
-            content_type = str(answer.fields.get("content_type", ""))
-            model_seconds, batch_size = answer.fields.get("model_seconds"), answer.fields.get("batch_size")
-        except ModelHostUnavailableError as error:
-            logger.error("request %d for %s failed: %s", index, lease.model_name, error)
-            status, message = HOST_UNAVAILABLE_STATUS, f"the model host is unavailable, retry: {error}"
-            body, content_type = encode_error(message), "application/json"
-        except HandlerError as error:  # the reload after a host restart failed
-            logger.error("request %d for %s failed: %s", index, lease.model_name, error.message)
-            status, message = error.status, error.message
-            body, content_type = encode_error(message), "application/json"
-        except ModelOutOfMemoryError:
-            # MMS answers 507 for the whole batch; the figures still count it.
-            _report(lease, headers, request, 507, b"", None, received, started)
-            raise
-        if status != 200:
-            context.set_response_status(status, reason_phrase(message), index)
-            if not body:
+        payload = request_body(request)
+        with reported_request(lease.settings, model_name=lease.model_name, headers=headers, body=payload) as answered:
+            try:
+                answer = lease.answer(payload, headers.get("content-type"), headers.get("accept"))
+                status, body, message = answer.status, answer.payload, answer.message
+                content_type = str(answer.fields.get("content_type", ""))
+                answered.model_seconds = answer.fields.get("model_seconds")
+                answered.batch_size = answer.fields.get("batch_size")
+            except ModelHostUnavailableError as error:
+                logger.error("request %d for %s failed: %s", index, lease.model_name, error)
+                status, message = HOST_UNAVAILABLE_STATUS, f"the model host is unavailable, retry: {error}"
                 body, content_type = encode_error(message), "application/json"
-        context.set_response_content_type(index, content_type)
+            except HandlerError as error:  # the reload after a host restart failed
+                logger.error("request %d for %s failed: %s", index, lease.model_name, error.message)
+                status, message = error.status, error.message
+                body, content_type = encode_error(message), "application/json"
+            if status != 200:
+                context.set_response_status(status, reason_phrase(message), index)
+                if not body:
+                    body, content_type = encode_error(message), "application/json"
+            context.set_response_content_type(index, content_type)
+            answered.status, answered.response, answered.response_type = status, body, content_type
         # No response headers, on purpose: see handler/service.py.
         responses.append(body)
-        _report(lease, headers, request, status, body, content_type, received, started, model_seconds, batch_size)
     return responses
-
-
-def _report(
-    lease: _Lease,
-    headers: dict[str, str],
-    request: dict[str, Any],
-    status: int,
-    body: bytes,
-    content_type: str | None,
-    received: datetime,
-    started: float,
-    model_seconds: float | None = None,
-    batch_size: int | None = None,
-) -> None:
-    report_request(
-        lease.settings,
-        model_name=lease.model_name,
-        headers=headers,
-        body=request_body(request),
-        status=status,
-        response=body,
-        response_type=content_type,
-        received=received,
-        started=started,
-        model_seconds=model_seconds,
-        batch_size=batch_size,
-    )

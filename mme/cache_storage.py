@@ -52,6 +52,14 @@ class CacheStorageError(MmeError):
     """The cache folder cannot be used (it cannot be created or written); the message names it and the fix."""
 
 
+def probe_writable(folder: Path) -> None:
+    """Create ``folder`` if needed, and write and delete a file in it; raises ``OSError`` when either fails."""
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".write-check{PARTIAL}-{uuid.uuid4().hex[:8]}"
+    probe.write_bytes(b"")
+    probe.unlink()
+
+
 def check_writable(cache_dir: Path) -> None:
     """Create ``cache_dir``'s ``models`` and ``downloads`` folders and write a file in each.
 
@@ -60,10 +68,7 @@ def check_writable(cache_dir: Path) -> None:
     """
     for folder in (cache_dir / "models", cache_dir / "downloads"):
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            probe = folder / f".write-check{PARTIAL}-{uuid.uuid4().hex[:8]}"
-            probe.write_bytes(b"")
-            probe.unlink()
+            probe_writable(folder)
         except OSError as error:
             raise CacheStorageError(
                 f"the model cache folder {cache_dir} cannot be written ({_describe(error)}): give --cache-dir a "

@@ -16,7 +16,8 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -215,32 +216,42 @@ def reporter(settings: ServingSettings) -> TelemetryReporter:
         return _reporter
 
 
-def report_request(
-    settings: ServingSettings,
-    *,
-    model_name: str,
-    headers: Mapping[str, str],
-    body: bytes | bytearray | str | None,
-    status: int,
-    response: bytes,
-    response_type: str | None,
-    received: datetime,
-    started: float,
-    model_seconds: float | None = None,
-    batch_size: int | None = None,
-) -> None:
-    """Report one answered request; ``started`` is its ``time.perf_counter()`` when the handler got it."""
-    reporter(settings).request(
-        RequestOutcome(
-            model_name=model_name,
-            headers=headers,
-            body=body,
-            status=status,
-            response=response,
-            response_type=response_type,
-            received=received,
-            latency_seconds=time.perf_counter() - started,
-            model_latency_seconds=model_seconds,
-            batch_size=batch_size,
+@dataclass
+class Answered:
+    """What a handler answered one request with; :func:`reported_request` reports it when the request ends."""
+
+    status: int = 500
+    response: bytes = b""
+    response_type: str | None = None
+    model_seconds: float | None = None
+    batch_size: int | None = None
+
+
+@contextmanager
+def reported_request(
+    settings: ServingSettings, *, model_name: str, headers: Mapping[str, str], body: bytes | bytearray | str | None
+) -> Iterator[Answered]:
+    """Time one request of MMS's batch and report it when the block ends, with what the block set on the yielded
+    :class:`Answered`; a ``MemoryError`` leaving the block (MMS answers 507) is reported as 507."""
+    answered = Answered()
+    received, started = datetime.now(UTC), time.perf_counter()
+    try:
+        yield answered
+    except MemoryError:
+        answered.status, answered.response, answered.response_type = 507, b"", None
+        raise
+    finally:
+        reporter(settings).request(
+            RequestOutcome(
+                model_name=model_name,
+                headers=headers,
+                body=body,
+                status=answered.status,
+                response=answered.response,
+                response_type=answered.response_type,
+                received=received,
+                latency_seconds=time.perf_counter() - started,
+                model_latency_seconds=answered.model_seconds,
+                batch_size=answered.batch_size,
+            )
         )
-    )

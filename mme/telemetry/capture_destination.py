@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from mme.cache_storage import probe_writable
 from mme.telemetry.capture_reading import CaptureError
 
 
@@ -23,10 +23,7 @@ def capture_destination(capture: str) -> str:
         raise CaptureError(f"--capture {capture}: give a folder or an s3://bucket/prefix/ URL")
     folder = Path(capture).expanduser().resolve()
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-check-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        probe_writable(folder)
     except OSError as error:
         raise CaptureError(f"--capture {capture}: cannot write there ({error.strerror or error})") from None
     return str(folder)

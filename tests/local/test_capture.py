@@ -50,6 +50,19 @@ def _all(records: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return [record for lines in records.values() for record in lines]
 
 
+def _slowest_of_warm_requests(client: Any, count: int) -> float:
+    """Load the sentiment model, then send it ``count`` requests one by one (each must answer 200); the longest
+    any of them took, in seconds."""
+    _invoke(client, "sentiment.tar.gz", json.dumps({"inputs": SENTENCES}))
+    slowest = 0.0
+    for _ in range(count):
+        started = time.monotonic()
+        answer = _invoke(client, "sentiment.tar.gz", json.dumps({"inputs": SENTENCES}))
+        slowest = max(slowest, time.monotonic() - started)
+        assert answer["ResponseMetadata"]["HTTPStatusCode"] == 200
+    return slowest
+
+
 def _wait_for(count: Callable[[], int], expected: int, timeout: float = 60.0) -> int:
     deadline = time.monotonic() + timeout
     while (seen := count()) < expected and time.monotonic() < deadline:
@@ -165,14 +178,7 @@ def test_a_failing_destination_never_fails_or_slows_a_request_and_what_it_loses_
             "--container-env", "MME_CAPTURE_WRITE_ATTEMPTS=2",
             env=moto_s3.environment,
         )  # fmt: skip
-        client = endpoint.client()
-        _invoke(client, "sentiment.tar.gz", json.dumps({"inputs": SENTENCES}))  # the load
-        slowest = 0.0
-        for _ in range(20):
-            started = time.monotonic()
-            answer = _invoke(client, "sentiment.tar.gz", json.dumps({"inputs": SENTENCES}))
-            slowest = max(slowest, time.monotonic() - started)
-            assert answer["ResponseMetadata"]["HTTPStatusCode"] == 200
+        slowest = _slowest_of_warm_requests(endpoint.client(), 20)
         assert _wait_for(lambda: proxy.requests, 2) >= 2  # the writer tried, and was refused
         log = ""
         deadline = time.monotonic() + 60
@@ -199,13 +205,7 @@ def test_a_destination_failing_at_first_or_slow_loses_nothing_and_stopping_flush
             "--container-env", "MME_CAPTURE_BATCH_SECONDS=1",
             env=moto_s3.environment,
         )  # fmt: skip
-        client = endpoint.client()
-        _invoke(client, "sentiment.tar.gz", json.dumps({"inputs": SENTENCES}))  # the load
-        slowest = 0.0
-        for _ in range(30):
-            started = time.monotonic()
-            _invoke(client, "sentiment.tar.gz", json.dumps({"inputs": SENTENCES}))
-            slowest = max(slowest, time.monotonic() - started)
+        slowest = _slowest_of_warm_requests(endpoint.client(), 30)
         assert endpoint.stop() == 0  # writes what is still buffered within the flush time (15 s)
         assert proxy.failed == 2
     assert slowest < 2.0  # a write takes 3 s, and no request waited for one

@@ -4,7 +4,6 @@ file, from a local folder, an S3 prefix or a deployed stage's bucket (moto's S3 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,15 +12,13 @@ import boto3
 import pyarrow.parquet as pq
 import pytest
 from capture_objects import SENTIMENT, TOPIC, capture_object, capture_record, three_hours_of_two_models, write_local
-from moto import mock_aws
+from moto_store import BUCKET, REGION
 from typer.testing import CliRunner
 
 from handler.telemetry.names import RECORD_FIELDS
 from mme.cli import app
 
 runner = CliRunner()
-REGION = "us-east-1"
-BUCKET = "mme-dev-models"
 SEVEN_TO_EIGHT = ["--since", "2026-11-26T07:00:00Z", "--until", "2026-11-26T08:00:00Z"]
 IN_SEVEN_TO_EIGHT = ("s4", "s5", "s6", "s7", "s8")
 
@@ -37,19 +34,6 @@ def folder(tmp_path: Path, scenario: tuple[list[tuple[str, bytes]], dict[str, di
     for name, data in scenario[0]:
         write_local(root, name, data)
     return root
-
-
-@pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN", "MME_OWNER"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    with mock_aws():
-        client = boto3.client("s3", region_name=REGION)
-        client.create_bucket(Bucket=BUCKET)
-        yield client
 
 
 def _lines(stdout: str) -> list[dict[str, Any]]:

@@ -1,10 +1,8 @@
-"""Calls to MMS's management API from inside the container (``serve``'s worker scaler and telemetry)."""
+"""Calls to MMS's management API from inside the container (``serve``'s worker scaler)."""
 
 from __future__ import annotations
 
 import http.client
-import json
-from typing import Any
 
 from handler.settings import ServingSettings
 
@@ -28,15 +26,3 @@ def mms_call(settings: ServingSettings, method: str, path: str) -> tuple[int | s
         return f"unreachable ({type(error).__name__}: {error})", ""
     finally:
         connection.close()
-
-
-def registered_models(settings: ServingSettings) -> list[str] | None:
-    """The models MMS has registered (loaded) now, or None when it cannot say."""
-    status, body = mms_call(settings, "GET", "/models?limit=10000")
-    if status != 200:
-        return None
-    try:
-        listing: Any = json.loads(body)
-    except ValueError:
-        return None
-    return [str(model.get("modelName")) for model in listing.get("models", []) if isinstance(model, dict)]

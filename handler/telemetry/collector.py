@@ -17,11 +17,11 @@ import socketserver
 import sys
 import threading
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from handler.host.protocol import ConnectionClosedError, ProtocolError, receive_message
-from handler.mms_management import registered_models
 from handler.settings import ServingSettings, telemetry_socket
 from handler.telemetry.capture import CaptureWriter, sink_for
 from handler.telemetry.metrics import MetricsAggregator, RequestFigures, emf_documents
@@ -35,15 +35,26 @@ class _ReportHandler(socketserver.BaseRequestHandler):
     server: _ReportServer
 
     def handle(self) -> None:
-        while True:
-            try:
-                message = receive_message(self.request)
-            except (ConnectionClosedError, ProtocolError, OSError):
-                return
-            try:
-                self.server.collector.take(message.fields, message.payload)
-            except Exception:  # a malformed report must not end the worker's connection, nor serve
-                logger.exception("telemetry: a report could not be taken")
+        collector = self.server.collector
+        model_names: set[str] = set()
+        try:
+            while True:
+                try:
+                    message = receive_message(self.request)
+                except (ConnectionClosedError, ProtocolError, OSError):
+                    return
+                model_name = str(message.fields.get("model_name", ""))
+                if model_name not in model_names:
+                    model_names.add(model_name)
+                    collector.worker_connected(model_name)
+                try:
+                    collector.take(message.fields, message.payload)
+                except Exception:  # a malformed report must not end the worker's connection, nor serve
+                    logger.exception("telemetry: a report could not be taken")
+        finally:
+            # The worker exited: MMS stops a model's workers when it unloads it.
+            for model_name in model_names:
+                collector.worker_gone(model_name)
 
 
 class _ReportServer(socketserver.ThreadingUnixStreamServer):
@@ -83,7 +94,9 @@ class TelemetryCollector:
         #: MMS's model name -> the target model its requests name; loads reported before the first request.
         self._targets: dict[str, str] = {}
         self._pending_loads: dict[str, list[float]] = {}
-        self._pending_since: dict[str, float] = {}
+        #: MMS's model name -> its workers connected now. A model is loaded while it has one: asking MMS instead
+        #: (GET /models) while a load hangs held up MMS's unregistering of that model for minutes.
+        self._workers: Counter[str] = Counter()
         self._stopping = threading.Event()
         self._server: _ReportServer | None = None
         self._threads: list[threading.Thread] = []
@@ -101,6 +114,19 @@ class TelemetryCollector:
             f"to {self.settings.capture_destination}" if self.capture else "off",
         )
 
+    def worker_connected(self, model_name: str) -> None:
+        with self._names_lock:
+            self._workers[model_name] += 1
+
+    def worker_gone(self, model_name: str) -> None:
+        """A worker of ``model_name`` went away; with the last one, the model is unloaded and forgotten."""
+        with self._names_lock:
+            self._workers[model_name] -= 1
+            if self._workers[model_name] <= 0:
+                del self._workers[model_name]
+                self._targets.pop(model_name, None)
+                self._pending_loads.pop(model_name, None)
+
     def take(self, fields: dict[str, Any], payload: bytes) -> None:
         """One worker report (:mod:`handler.telemetry.reporter` writes them)."""
         dropped = int(fields.get("dropped") or 0)
@@ -113,13 +139,11 @@ class TelemetryCollector:
                 # MMS's name is opaque: the load counts for the target model its first request names.
                 with self._names_lock:
                     self._pending_loads.setdefault(model_name, []).append(float(fields["seconds"]))
-                    self._pending_since.setdefault(model_name, time.monotonic())
             return
         model = str(fields.get("model") or model_name)
         with self._names_lock:
             self._targets[model_name] = model
             pending = self._pending_loads.pop(model_name, [])
-            self._pending_since.pop(model_name, None)
         for seconds in pending:
             self.metrics.load(model, seconds)
         if self.settings.metrics_enabled:
@@ -140,19 +164,10 @@ class TelemetryCollector:
 
     def emit(self) -> int:
         """Print the EMF documents of the period that ends now; how many."""
-        registered = registered_models(self.settings)
         with self._names_lock:
             # Only a model's first request names it (MMS's name is a hash): until then it is neither counted as
-            # loaded nor are its loads; a model unloaded before any request leaves no figure behind.
-            loaded = [self._targets[name] for name in registered or [] if name in self._targets]
-            if registered is not None:
-                for gone in self._targets.keys() - set(registered):
-                    del self._targets[gone]
-                # Older than a period, so MMS had registered it when asked, if it still had it.
-                stale = time.monotonic() - self.settings.metrics_interval_seconds
-                for gone in self._pending_loads.keys() - set(registered):
-                    if self._pending_since[gone] < stale:
-                        del self._pending_loads[gone], self._pending_since[gone]
+            # loaded nor are its loads.
+            loaded = [self._targets[name] for name in self._workers if name in self._targets]
         periods = self.metrics.take()
         documents = emf_documents(
             periods,

@@ -18,6 +18,7 @@ import pytest
 from botocore.exceptions import EndpointConnectionError
 from moto import mock_aws
 from moto.core import set_initial_no_auth_action_count
+from moto_store import BUCKET, REGION, moto_environment
 from rich.filesize import decimal
 from typer.testing import CliRunner
 
@@ -27,8 +28,6 @@ from mme.cli import app
 
 runner = CliRunner()
 MIB = 1024 * 1024
-REGION = "us-east-1"
-BUCKET = "mme-dev-models"
 #: A bucket without versioning or KMS, as `--bucket` may name.
 PLAIN_BUCKET = "plain-models"
 PREFIX = "models/"
@@ -40,11 +39,7 @@ SMALL_PART = 5 * MIB
 def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """moto's S3 (and SSM, IAM, KMS) with an empty model bucket like the model store's (versioned, SSE-KMS) and an
     empty plain one; credentials and region from the environment."""
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN", "MME_OWNER", "MME_DEFAULT_TOKENIZER_DIR"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    moto_environment(monkeypatch, "MME_DEFAULT_TOKENIZER_DIR")
     with mock_aws():
         client = boto3.client("s3", region_name=REGION)
         client.create_bucket(Bucket=BUCKET)
